@@ -1,0 +1,27 @@
+"""Flax NNX source models, their registry and checkpoints.
+
+Every model follows one contract (see :mod:`leep_jax.models.common`): ``features(x)``
+``[n, h, w, c] -> [n, feature_dim]``, a linear ``head``, ``__call__ = head(features(x))``,
+and ``forward(model, x) -> (logits, features)`` in one pass.
+"""
+
+from leep_jax.models.cnn import SmallCNN
+from leep_jax.models.common import (
+    SourceModel,
+    build_model,
+    check_images,
+    forward,
+    model_names,
+)
+from leep_jax.models.resnet import ResNet18, ResNet20
+
+__all__ = [
+    "ResNet18",
+    "ResNet20",
+    "SmallCNN",
+    "SourceModel",
+    "build_model",
+    "check_images",
+    "forward",
+    "model_names",
+]
