@@ -1,0 +1,146 @@
+"""Input checks shared by the scores.
+
+Shape checks always run (shapes are static, even under ``jit``). Value checks (label
+range, NaN/Inf, probability rows) need concrete arrays: they run on eager calls with
+``validate=True`` and are skipped under tracing, where the scores instead treat
+out-of-range labels like masked rows.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+PROBABILITY_ATOL = 1e-3
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+    """float32, or wider when the input is wider (float64 under ``jax_enable_x64``)."""
+    return jnp.promote_types(jnp.result_type(dtype), jnp.float32)
+
+
+def is_concrete(*arrays) -> bool:
+    return not any(isinstance(a, jax.core.Tracer) for a in arrays if a is not None)
+
+
+def check_num_classes(num_target_classes) -> int:
+    if isinstance(num_target_classes, bool) or not isinstance(
+        num_target_classes, (int, np.integer)
+    ):
+        raise ValueError(
+            f"num_target_classes must be a Python int, got {type(num_target_classes).__name__}"
+        )
+    if num_target_classes < 1:
+        raise ValueError(f"num_target_classes must be >= 1, got {num_target_classes}")
+    return int(num_target_classes)
+
+
+def check_shapes(name: str, values: ArrayLike, labels: ArrayLike, mask: ArrayLike | None):
+    """Checks ranks, lengths and dtypes of ``values [n, k]``, ``labels [n]``, ``mask [n]``."""
+    values_shape, labels_shape = jnp.shape(values), jnp.shape(labels)
+    if len(values_shape) != 2:
+        raise ValueError(f"{name} must be 2-D [n, k], got shape {values_shape}")
+    if not jnp.issubdtype(jnp.result_type(values), jnp.floating):
+        raise ValueError(f"{name} must be floating point, got dtype {jnp.result_type(values)}")
+    if len(labels_shape) != 1:
+        raise ValueError(f"labels must be 1-D [n], got shape {labels_shape}")
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
+    if labels_shape[0] != values_shape[0]:
+        raise ValueError(
+            f"length mismatch: {name} has {values_shape[0]} rows but labels has "
+            f"{labels_shape[0]}"
+        )
+    if values_shape[0] == 0:
+        raise ValueError(f"{name} is empty (n = 0); a score needs at least one example")
+    if values_shape[1] == 0:
+        raise ValueError(f"{name} has no columns (shape {values_shape})")
+    if mask is not None:
+        if jnp.shape(mask) != labels_shape:
+            raise ValueError(f"mask must have shape {labels_shape}, got {jnp.shape(mask)}")
+        if jnp.result_type(mask) != jnp.bool_:
+            raise ValueError(f"mask must be boolean, got dtype {jnp.result_type(mask)}")
+
+
+@functools.partial(jax.jit, static_argnames=("probabilities",))
+def _value_stats(values, labels, mask, probabilities: bool):
+    valid = jnp.ones(labels.shape, bool) if mask is None else mask
+    big = jnp.iinfo(jnp.int32).max
+    values = values.astype(accumulation_dtype(values.dtype))
+    finite = jnp.isfinite(values)
+    stats = {
+        "nonfinite_row": jnp.argmin(jnp.where(valid, jnp.all(finite, axis=1), True)),
+        "all_finite": jnp.all(jnp.where(valid[:, None], finite, True)),
+        "label_min": jnp.min(jnp.where(valid, labels, big)),
+        "label_max": jnp.max(jnp.where(valid, labels, -big)),
+        "num_valid": jnp.sum(valid),
+    }
+    if probabilities:
+        row_error = jnp.where(valid, jnp.abs(jnp.sum(values, axis=1) - 1), 0)
+        stats["row_error"] = jnp.max(row_error)
+        stats["worst_row"] = jnp.argmax(row_error)
+        stats["min_value"] = jnp.min(jnp.where(valid[:, None], values, 0))
+    return stats
+
+
+def check_values(
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    mask: ArrayLike | None,
+    *,
+    probabilities: bool,
+) -> None:
+    """Raises ValueError for NaN/Inf, labels out of range and invalid probability rows.
+
+    Runs one small jitted reduction on device and fetches a handful of scalars, so it is
+    cheap next to the score itself.
+    """
+    stats = jax.device_get(_value_stats(values, labels, mask, probabilities))
+    if int(stats["num_valid"]) == 0:
+        raise ValueError("mask excludes every example; a score needs at least one")
+    if not bool(stats["all_finite"]):
+        raise ValueError(f"{name} contain NaN or Inf (first in row {int(stats['nonfinite_row'])})")
+    low, high = int(stats["label_min"]), int(stats["label_max"])
+    if low < 0 or high >= num_target_classes:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
+        )
+    if probabilities:
+        if float(stats["min_value"]) < 0:
+            raise ValueError(
+                f"{name} contain negative probabilities (min {float(stats['min_value']):.3g}); "
+                "pass from_logits=True for logits"
+            )
+        if float(stats["row_error"]) > PROBABILITY_ATOL:
+            raise ValueError(
+                f"{name} rows must sum to 1 (tolerance {PROBABILITY_ATOL}); row "
+                f"{int(stats['worst_row'])} is off by {float(stats['row_error']):.3g}; "
+                "pass from_logits=True for logits"
+            )
+
+
+def validate(
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes,
+    mask: ArrayLike | None,
+    *,
+    probabilities: bool,
+    check: bool,
+) -> int:
+    """Shape checks always; value checks when ``check`` and the inputs are concrete."""
+    num_target_classes = check_num_classes(num_target_classes)
+    check_shapes(name, values, labels, mask)
+    if check and is_concrete(values, labels, mask):
+        check_values(
+            name, values, labels, num_target_classes, mask, probabilities=probabilities
+        )
+    return num_target_classes

@@ -1,0 +1,149 @@
+"""H-score (Bao et al., ICIP 2019): ``tr(pinv(Cov f) @ Cov(E[f | y]))``."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from leep_jax.scores import _ops
+from leep_jax.scores._validation import accumulation_dtype, validate
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+class HScoreSums(NamedTuple):
+    """Mergeable sufficient statistics of the H-score, over features minus a shift."""
+
+    count: jax.Array  # f32[]
+    feature_sum: jax.Array  # f32[D]
+    outer_sum: jax.Array  # f32[D, D]
+    class_sum: jax.Array  # f32[Y, D]
+    class_count: jax.Array  # f32[Y]
+
+
+def h_score_sums(
+    features: jax.Array,
+    labels: jax.Array,
+    num_target_classes: int,
+    *,
+    mask: jax.Array | None = None,
+    shift: jax.Array | None = None,
+) -> HScoreSums:
+    """Sums of ``f - shift``, its outer products, and per-class sums and counts.
+
+    Sums over any split of the rows add up to the sums over all rows. A ``shift`` near
+    the feature mean keeps the float32 covariance accurate (it cancels exactly in the
+    score); the in-memory :func:`h_score` uses the mean itself.
+    """
+    dtype = accumulation_dtype(features.dtype)
+    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    features = features.astype(dtype)
+    if shift is not None:
+        features = features - shift.astype(dtype)[None, :]
+    centered = jnp.where(valid[:, None], features, 0)
+    outer = jnp.einsum(
+        "nd,ne->de",
+        centered,
+        centered,
+        precision=_HIGHEST,
+        out_sharding=_ops._replicated_out_sharding(centered),
+    )
+    return HScoreSums(
+        count=jnp.sum(valid, dtype=dtype),
+        feature_sum=jnp.sum(centered, axis=0),
+        outer_sum=outer,
+        class_sum=_ops.row_sum_into(
+            (num_target_classes, features.shape[-1]), centered, labels, valid
+        ),
+        class_count=_ops.row_sum_into(
+            (num_target_classes,), jnp.ones(labels.shape, dtype), labels, valid
+        ),
+    )
+
+
+def h_score_from_sums(sums: HScoreSums) -> jax.Array:
+    """The H-score from its sufficient statistics, both covariances normalised by n.
+
+    ``Cov f = S/n - m m^T`` and ``Cov(E[f|y]) = sum_y c_y c_y^T / (n n_y) - m m^T``
+    with ``m`` the mean, ``S`` the outer-product sum and ``c_y`` the class sums.
+    The pseudo-inverse uses the symmetric eigendecomposition of ``Cov f``.
+    """
+    n = sums.count
+    mean = sums.feature_sum / n
+    mean_outer = jnp.outer(mean, mean)
+    feature_cov = sums.outer_sum / n - mean_outer
+    feature_cov = (feature_cov + feature_cov.T) / 2
+    safe_counts = jnp.where(sums.class_count > 0, sums.class_count, 1)
+    class_means = sums.class_sum / safe_counts[:, None]
+    weighted = class_means * (sums.class_count / n)[:, None]
+    between_cov = jnp.matmul(weighted.T, class_means, precision=_HIGHEST) - mean_outer
+    eigenvalues, eigenvectors = jnp.linalg.eigh(feature_cov)
+    cutoff = eigenvalues.shape[0] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(
+        jnp.abs(eigenvalues)
+    )
+    keep = eigenvalues > cutoff
+    inverse = jnp.where(keep, 1 / jnp.where(keep, eigenvalues, 1), 0)
+    projected = jnp.einsum(
+        "dk,de,ek->k", eigenvectors, between_cov, eigenvectors, precision=_HIGHEST
+    )
+    return jnp.sum(inverse * projected)
+
+
+@functools.partial(jax.jit, static_argnames=("num_target_classes",))
+def _h_score(features, labels, mask, num_target_classes):
+    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    dtype = accumulation_dtype(features.dtype)
+    mean = jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0) / jnp.sum(
+        valid, dtype=dtype
+    )
+    sums = h_score_sums(features, labels, num_target_classes, mask=mask, shift=mean)
+    return h_score_from_sums(sums)
+
+
+def h_score(
+    features: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    *,
+    mask: ArrayLike | None = None,
+    validate_inputs: bool = True,
+) -> jax.Array:
+    """H-score transferability of penultimate features for a target task.
+
+    ``H(f) = tr(pinv(Cov f) @ Cov(E[f | y]))`` (Bao et al. 2019), with both covariances
+    normalised by ``n``. Invariant to invertible linear maps of the features. Computed
+    from centred sums (the mean is removed first, which keeps float32 exact enough),
+    with matmuls at ``Precision.HIGHEST`` so TPUs and GPUs do not drop to bf16/TF32.
+
+    Args:
+      features: ``[n, feature_dim]`` penultimate features of the source model.
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``, a static Python int.
+      mask: optional ``bool[n]``; False rows are dropped as if absent.
+      validate_inputs: value checks on eager calls, as in :func:`leep_jax.leep`.
+
+    Returns:
+      float32 scalar ``>= 0``.
+
+    Raises:
+      ValueError: on invalid inputs, as :func:`leep_jax.leep`.
+    """
+    num_target_classes = validate(
+        "features",
+        features,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=False,
+        check=validate_inputs,
+    )
+    return _h_score(
+        jnp.asarray(features),
+        jnp.asarray(labels),
+        None if mask is None else jnp.asarray(mask),
+        num_target_classes,
+    )

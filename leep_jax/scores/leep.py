@@ -1,0 +1,128 @@
+"""LEEP: the Log Expected Empirical Prediction (Nguyen et al., ICML 2020)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from leep_jax.scores import _ops
+from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores.joint import conditional, joint_sum
+
+
+def _log_dot(conditional_row, probability_row):
+    return jnp.log(jnp.sum(conditional_row * probability_row))
+
+
+def _log_dot_from_logits(log_conditional_row, logit_row):
+    return jax.nn.logsumexp(log_conditional_row + logit_row) - jax.nn.logsumexp(logit_row)
+
+
+def log_eep(
+    predictions: jax.Array,
+    labels: jax.Array,
+    conditional_table: jax.Array,
+    *,
+    from_logits: bool = False,
+) -> jax.Array:
+    """Per-example ``log sum_z P(y_i | z) theta_iz``, ``f32[n]``; no masking.
+
+    With logits this is ``logsumexp_z(log P(y_i|z) + log_softmax(l_i)_z)``, exact for
+    logits of any magnitude. Rows whose label is out of range get a meaningless value:
+    callers mask them.
+
+    Args:
+      predictions: ``[n, Z]`` probabilities or logits.
+      labels: ``int[n]``.
+      conditional_table: ``[Y, Z]`` conditional ``P(y | z)`` (see
+        :func:`leep_jax.scores.joint.conditional`).
+      from_logits: whether ``predictions`` are logits.
+    """
+    dtype = accumulation_dtype(predictions.dtype)
+    values = predictions.astype(dtype)
+    table = conditional_table.astype(dtype)
+    if from_logits:
+        log_table = jnp.where(table > 0, jnp.log(jnp.where(table > 0, table, 1)), -jnp.inf)
+        return _ops.per_row(_log_dot_from_logits, log_table, values, labels)
+    return _ops.per_row(_log_dot, table, values, labels)
+
+
+def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """Mean of ``values`` over ``valid`` rows, NaN-safe for the invalid ones."""
+    total = jnp.sum(jnp.where(valid, values, 0))
+    return total / jnp.sum(valid, dtype=total.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits"))
+def _leep(predictions, labels, mask, num_target_classes, from_logits):
+    table, _ = joint_sum(predictions, labels, num_target_classes, from_logits=from_logits, mask=mask)
+    per_example = log_eep(predictions, labels, conditional(table), from_logits=from_logits)
+    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    return masked_mean(per_example, valid)
+
+
+def leep(
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    *,
+    from_logits: bool = False,
+    mask: ArrayLike | None = None,
+    validate_inputs: bool = True,
+) -> jax.Array:
+    """LEEP transferability score of a source model for a target task.
+
+    ``LEEP = (1/n) sum_i log( sum_z P(y_i | z) theta_iz )`` with the empirical
+    conditional ``P(y | z)`` of the source model's outputs ``theta`` on the target data
+    (Nguyen, Hassner, Seeger, Archambeau, ICML 2020, eq. 2). Always ``<= 0``; higher
+    predicts better transfer. Exact in two sweeps over the predictions (joint, then the
+    per-example term), in ``O(n Z)`` time and without ``[n, Y]`` intermediates.
+
+    Args:
+      predictions: ``[n, num_source_classes]`` source-model probabilities (rows sum to 1)
+        or, with ``from_logits=True``, logits (then computed in log space). float32,
+        bfloat16 or float16; accumulated in float32 (or wider).
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``, a static Python int. Classes in range but absent from
+        the data contribute nothing.
+      from_logits: treat ``predictions`` as logits.
+      mask: optional ``bool[n]``; False rows are dropped exactly as if absent.
+      validate_inputs: on eager calls with concrete arrays, check values (labels in
+        range, finite values, probability rows summing to 1 within 1e-3, no negative
+        probabilities). Set False in hot loops. Under ``jit``/``vmap`` tracing only
+        shapes are checked, and rows with out-of-range labels are dropped like masked
+        rows.
+
+    Returns:
+      float32 scalar LEEP (NaN only if every row is masked, where it is undefined).
+
+    Raises:
+      ValueError: on shape or length mismatches, non-integer labels, labels out of
+        range, NaN/Inf, invalid probability rows, ``n = 0`` or ``num_target_classes < 1``.
+
+    Examples:
+      >>> import jax.numpy as jnp, leep_jax
+      >>> probs = jnp.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+      >>> labels = jnp.array([0, 1, 0])
+      >>> round(float(leep_jax.leep(probs, labels, num_target_classes=2)), 4)
+      -0.3652
+    """
+    num_target_classes = validate(
+        "predictions",
+        predictions,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=not from_logits,
+        check=validate_inputs,
+    )
+    return _leep(
+        jnp.asarray(predictions),
+        jnp.asarray(labels),
+        None if mask is None else jnp.asarray(mask),
+        num_target_classes,
+        from_logits,
+    )
