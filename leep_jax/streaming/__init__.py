@@ -1,0 +1,27 @@
+"""Streaming, mergeable accumulators: the training-loop and big-data paths."""
+
+from leep_jax.streaming.accumulators import (
+    Accumulator,
+    JointState,
+    LogEEPState,
+    NCEState,
+    conditional,
+    h_score,
+    joint,
+    log_eep,
+    nce,
+)
+from leep_jax.scores.h_score import HScoreSums
+
+__all__ = [
+    "Accumulator",
+    "HScoreSums",
+    "JointState",
+    "LogEEPState",
+    "NCEState",
+    "conditional",
+    "h_score",
+    "joint",
+    "log_eep",
+    "nce",
+]
