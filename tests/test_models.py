@@ -30,21 +30,62 @@ def images(shape, seed=0):
     return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
 
 
-# Small instances for numeric tests, built once per module: initialising a network
-# compiles one random-number program per weight shape, which dominates on CPU.
+def materialize(model, seed=0):
+    """Fills an abstract model with NumPy random weights and running statistics, in place.
+
+    Real initialisation compiles one random-number program per weight shape, which
+    takes tens of seconds for the ResNets on a busy 2-core CPU; the forward pass is what
+    these tests are about, and NumPy fills cost no compilation. He-scaled kernels keep
+    activations in a sensible range; non-trivial statistics make eval mode matter.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['mean']"):
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        elif name.endswith("['var']"):
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        elif name.endswith("['scale']"):
+            value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
+        elif name.endswith("['bias']"):
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        else:  # conv or dense kernel, fan-in along all axes but the last
+            value = rng.standard_normal(leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+        return jnp.asarray(value, leaf.dtype)
+
+    state = nnx.state(model)
+    filled = jax.tree_util.tree_map_with_path(fill, nnx.to_pure_dict(state))
+    nnx.replace_by_pure_dict(state, filled)
+    nnx.update(model, state)
+    return model
+
+
+# Module-scoped, in eval mode: each distinct model compiles its forward pass once.
 @pytest.fixture(scope="module")
 def small_cnn():
-    return SmallCNN(5, in_channels=1, width=4, rngs=nnx.Rngs(0))
+    model = SmallCNN(5, in_channels=1, width=4, rngs=nnx.Rngs(0))  # real initialisation
+    model.eval()
+    return model
 
 
 @pytest.fixture(scope="module")
 def resnet20():
-    return ResNet20(5, in_channels=3, rngs=nnx.Rngs(0))
+    model = materialize(abstract(lambda: ResNet20(5, in_channels=3, rngs=nnx.Rngs(0))), seed=1)
+    model.eval()
+    return model
 
 
 @pytest.fixture(scope="module")
 def resnet18():
-    return ResNet18(5, in_channels=1, rngs=nnx.Rngs(0))
+    model = materialize(abstract(lambda: ResNet18(5, in_channels=1, rngs=nnx.Rngs(0))), seed=2)
+    model.eval()
+    return model
+
+
+# One compiled program per model and shape gives all three outputs; each is traced
+# separately, so they agree only if __call__ really is head(features(x)).
+all_outputs = nnx.jit(lambda model, x: (forward(model, x), model(x), model.features(x)))
 
 
 # --- parameter counts -------------------------------------------------------------
@@ -126,12 +167,10 @@ def test_output_shapes(arch, channels, size):
     assert nnx.eval_shape(lambda m, x: m(x), model, x).shape == (3, 7)
 
 
-@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-def test_low_precision_input_is_cast_to_float32(small_cnn, dtype):
-    small_cnn.eval()
-    x = images((2, 8, 8, 1))
-    logits, features = forward(small_cnn, x.astype(dtype))
-    expected, _ = forward(small_cnn, x.astype(dtype).astype(jnp.float32))
+def test_low_precision_input_is_cast_to_float32(small_cnn):
+    x = images((2, 8, 8, 1)).astype(jnp.bfloat16)
+    logits, features = nnx.jit(forward)(small_cnn, x)
+    expected, _ = nnx.jit(forward)(small_cnn, x.astype(jnp.float32))
     assert logits.dtype == features.dtype == jnp.float32
     np.testing.assert_array_equal(logits, expected)
 
@@ -145,27 +184,28 @@ def test_low_precision_input_is_cast_to_float32(small_cnn, dtype):
 )
 def test_forward_gives_logits_and_features_in_one_pass(request, fixture, shape):
     model = request.getfixturevalue(fixture)
-    model.eval()
     x = images(shape)
-    logits, features = nnx.jit(forward)(model, x)
+    (logits, features), called, features_only = all_outputs(model, x)
     assert logits.shape == (shape[0], model.num_classes)
     assert features.shape == (shape[0], model.feature_dim)
-    np.testing.assert_array_equal(logits, nnx.jit(lambda m, x: m(x))(model, x))
-    np.testing.assert_array_equal(features, nnx.jit(lambda m, x: m.features(x))(model, x))
-    np.testing.assert_allclose(model.head(features), logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(logits, called)
+    np.testing.assert_array_equal(features, features_only)
+    np.testing.assert_allclose(model.head(features), logits, rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(logits)) and np.all(np.isfinite(features))
     # Features follow ReLUs and an average pool, so they are non-negative.
     assert np.all(np.asarray(features) >= 0)
+    # Distinct images give distinct outputs (the network does not collapse them).
+    assert np.unique(np.asarray(logits), axis=0).shape[0] == shape[0]
 
 
-def test_forward_eager_equals_jit(small_cnn):
-    small_cnn.eval()
+def test_forward_eager_equals_jit_and_call(small_cnn):
     x = images((3, 12, 12, 1))
     eager = forward(small_cnn, x)
     jitted = nnx.jit(forward)(small_cnn, x)
     for a, b in zip(eager, jitted, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(eager[0], small_cnn(x))
+    np.testing.assert_array_equal(eager[1], small_cnn.features(x))
 
 
 # --- BatchNorm modes ----------------------------------------------------------------
@@ -175,32 +215,62 @@ def batch_stats(model):
     return [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.BatchStat))]
 
 
-def test_eval_mode_is_deterministic_and_per_example(resnet20):
-    resnet20.eval()
+def test_eval_mode_is_deterministic_and_per_example(resnet20, small_cnn):
     x = images((4, 32, 32, 3), seed=1)
     before = batch_stats(resnet20)
-    first = nnx.jit(forward)(resnet20, x)
-    second = nnx.jit(forward)(resnet20, x)
-    for a, b in zip(first, second, strict=True):
+    first = all_outputs(resnet20, x)
+    second = all_outputs(resnet20, x)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second), strict=True):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(before, batch_stats(resnet20), strict=True):
         np.testing.assert_array_equal(a, b)  # scoring leaves the running statistics alone
     # With running statistics an example's output does not depend on its batch mates.
-    alone, _ = nnx.jit(forward)(resnet20, x[:1])
-    np.testing.assert_allclose(alone, first[0][:1], rtol=1e-5, atol=1e-5)
+    x = images((6, 8, 8, 1), seed=3)
+    together, _ = nnx.jit(forward)(small_cnn, x)
+    apart = np.concatenate([nnx.jit(forward)(small_cnn, x[i : i + 3])[0] for i in (0, 3)])
+    np.testing.assert_allclose(apart, together, rtol=1e-5, atol=1e-5)
 
 
-def test_train_mode_updates_running_statistics():
-    model = SmallCNN(3, in_channels=1, width=4, rngs=nnx.Rngs(1))
+def test_real_initialisation_is_he_normal(small_cnn):
+    kernel = np.asarray(small_cnn.conv3.kernel[...])  # [3, 3, 8, 16]
+    fan_out = 3 * 3 * kernel.shape[-1]
+    assert abs(kernel.std() / np.sqrt(2.0 / fan_out) - 1) < 0.1
+    assert abs(kernel.mean()) < 0.02
+    np.testing.assert_array_equal(small_cnn.bn3.scale[...], 1.0)
+    np.testing.assert_array_equal(small_cnn.bn3.mean[...], 0.0)
+    np.testing.assert_array_equal(small_cnn.bn3.var[...], 1.0)
+
+
+def test_train_mode_updates_running_statistics(small_cnn):
+    model = nnx.clone(small_cnn)
     model.train()
     before = batch_stats(model)
     x = images((8, 8, 8, 1), seed=2)
     train_logits = model(x)
     after = batch_stats(model)
-    assert any(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
     model.eval()
     # Batch statistics (train) and running statistics (eval) normalise differently.
     assert not np.allclose(train_logits, model(x))
+    # The clone is independent: the shared fixture still has its initial statistics.
+    for a, b in zip(before, batch_stats(small_cnn), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_real_resnets_initialise_and_run():
+    # Concrete initialisation of both ResNets (slow on CPU: one compile per weight shape).
+    for model in (
+        ResNet20(10, in_channels=3, rngs=nnx.Rngs(0)),
+        ResNet18(10, in_channels=1, small_inputs=True, rngs=nnx.Rngs(0)),
+    ):
+        model.eval()
+        x = images((2, 8, 8, model.in_channels))
+        (logits, features), called, _ = all_outputs(model, x)
+        np.testing.assert_array_equal(logits, called)
+        assert np.all(np.isfinite(logits)) and features.shape == (2, model.feature_dim)
+        rebuilt = abstract(lambda m=model: build_model(m.name, **m.config()))
+        assert count_params(model) == count_params(rebuilt)
 
 
 # --- registry -------------------------------------------------------------------------
@@ -246,7 +316,6 @@ def test_registry_errors():
     ],
 )
 def test_bad_images_raise(small_cnn, x, match):
-    small_cnn.eval()
     with pytest.raises(ValueError, match=match):
         forward(small_cnn, x)
     with pytest.raises(ValueError, match=match):

@@ -5,6 +5,14 @@ Every model follows one contract (see :mod:`leep_jax.models.common`): ``features
 and ``forward(model, x) -> (logits, features)`` in one pass.
 """
 
+from leep_jax.models.checkpoint import (
+    cache_dir,
+    load_metadata,
+    load_model,
+    model_checkpoint_path,
+    restore_model,
+    save_model,
+)
 from leep_jax.models.cnn import SmallCNN
 from leep_jax.models.common import (
     SourceModel,
@@ -21,7 +29,13 @@ __all__ = [
     "SmallCNN",
     "SourceModel",
     "build_model",
+    "cache_dir",
     "check_images",
     "forward",
+    "load_metadata",
+    "load_model",
+    "model_checkpoint_path",
     "model_names",
+    "restore_model",
+    "save_model",
 ]

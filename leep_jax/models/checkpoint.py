@@ -152,11 +152,14 @@ def load_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: if there is no checkpoint directory at ``path``.
-        ValueError: if the directory is not a leep_jax model checkpoint.
+        ValueError: if the directory is not a leep_jax model checkpoint, or is the
+            temporary directory of an interrupted save.
     """
     path = Path(path).expanduser().resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"no model checkpoint at {path}")
+    if not ocp.utils.is_checkpoint_finalized(path):
+        raise ValueError(f"{path} is an unfinished (interrupted) checkpoint save")
     if not (path / "metadata").is_dir() or not (path / "state").is_dir():
         raise ValueError(
             f"{path} is not a leep_jax model checkpoint (expected 'state' and 'metadata' items)"
