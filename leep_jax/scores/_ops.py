@@ -43,7 +43,7 @@ def to_probabilities(values: jax.Array, from_logits: bool, dtype) -> jax.Array:
 
 
 def row_sum_into(table_shape, rows: jax.Array, index, weights: jax.Array) -> jax.Array:
-    """``table[index[i]] += weights[i] * rows[i]`` for all ``i``: a segment sum.
+    """``table[index[i]] += rows[i]`` for every ``i`` with ``weights[i]``: a segment sum.
 
     Args:
       table_shape: static shape of the output, ``[num_segments, *rows.shape[1:]]``.
@@ -54,11 +54,15 @@ def row_sum_into(table_shape, rows: jax.Array, index, weights: jax.Array) -> jax
     Returns:
       The summed table, replicated over any mesh the rows are sharded on.
     """
-    rows = jnp.where(weights.reshape(weights.shape + (1,) * (rows.ndim - 1)), rows, 0)
+    # Dropped rows are sent out of bounds rather than zeroed: a select fused into the
+    # scatter makes XLA:CPU's scatter ~10x slower, and out-of-bounds rows (even NaN
+    # padding) never touch the table.
+    if isinstance(index, tuple):
+        index = (jnp.where(weights, index[0], table_shape[0]),) + tuple(index[1:])
+    else:
+        index = jnp.where(weights, index, table_shape[0])
     table = jnp.zeros(table_shape, rows.dtype)
-    return table.at[index].add(
-        rows, mode="drop", out_sharding=_replicated_out_sharding(rows)
-    )
+    return table.at[index].add(rows, mode="drop", out_sharding=_replicated_out_sharding(rows))
 
 
 def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array):
