@@ -48,7 +48,7 @@ def row_sum_into(table_shape, rows: jax.Array, index, weights: jax.Array) -> jax
     Args:
       table_shape: static shape of the output, ``[num_segments, *rows.shape[1:]]``.
       rows: ``[n, ...]`` values to add.
-      index: ``int[n]`` segment per row, or a tuple of index arrays for a 2-D table.
+      index: ``int[n]`` segment per row.
       weights: ``bool[n]``; False drops a row (padding), even one holding NaN.
 
     Returns:
@@ -57,12 +57,9 @@ def row_sum_into(table_shape, rows: jax.Array, index, weights: jax.Array) -> jax
     # Dropped rows are sent out of bounds rather than zeroed: a select fused into the
     # scatter makes XLA:CPU's scatter ~10x slower, and out-of-bounds rows (even NaN
     # padding) never touch the table.
-    if isinstance(index, tuple):
-        index = (jnp.where(weights, index[0], table_shape[0]),) + tuple(index[1:])
-    else:
-        index = jnp.where(weights, index, table_shape[0])
+    index = jnp.where(weights, index, table_shape[0])
     table = jnp.zeros(table_shape, rows.dtype)
-    return table.at[index].add(rows, mode="drop", out_sharding=_replicated_out_sharding(rows))
+    return table.at[index].add(rows, mode="drop", out_sharding=_replicated_out_sharding(index))
 
 
 def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array):

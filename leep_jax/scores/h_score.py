@@ -60,7 +60,7 @@ def h_score_sums(
             (num_target_classes, features.shape[-1]), centered, labels, valid
         ),
         class_count=_ops.row_sum_into(
-            (num_target_classes,), jnp.ones(labels.shape, dtype), labels, valid
+            (num_target_classes,), jnp.ones_like(labels, dtype), labels, valid
         ),
     )
 

@@ -25,13 +25,15 @@ def nce_counts(
     for probabilities and logits. Mergeable: counts over any split add up.
     """
     valid = _ops.valid_rows(labels, num_target_classes, mask)
+    num_source_classes = predictions.shape[-1]
     hard = jnp.argmax(predictions, axis=-1)
-    return _ops.row_sum_into(
-        (num_target_classes, predictions.shape[-1]),
-        jnp.ones(labels.shape, jnp.float32),
-        (labels, hard),
+    flat = _ops.row_sum_into(
+        (num_target_classes * num_source_classes,),
+        jnp.ones_like(labels, jnp.float32),  # sharded like the labels
+        labels * num_source_classes + hard,
         valid,
     )
+    return flat.reshape(num_target_classes, num_source_classes)
 
 
 def nce_from_counts(counts: jax.Array) -> jax.Array:
