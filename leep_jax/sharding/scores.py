@@ -1,0 +1,238 @@
+"""LEEP, NCE and H-score over a device mesh: per-shard sums merged by ``lax.psum``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.typing import ArrayLike
+
+from leep_jax import streaming
+from leep_jax.scores import _ops
+from leep_jax.scores._validation import (
+    accumulation_dtype,
+    check_num_classes,
+    check_shapes,
+    check_values,
+    is_concrete,
+)
+from leep_jax.sharding.mesh import AxisName, axis_names_of, axis_size, data_mesh
+from leep_jax.sharding.padding import pad_to_multiple
+
+METRICS = ("leep", "nce", "h_score")
+
+
+def _shard_scores(
+    predictions, labels, features, mask, *, num_target_classes, from_logits, metrics, axis
+):
+    """Runs on one shard of the examples; every result is psum'd, hence replicated."""
+    num_source_classes = predictions.shape[-1]
+    scores = {}
+    if "leep" in metrics:
+        # Phase 1: the global joint, so every shard holds the same frozen conditional.
+        joint = streaming.joint(num_target_classes, num_source_classes, from_logits=from_logits)
+        joint_state = jax.lax.psum(joint.update(joint.init(), predictions, labels, mask), axis)
+        # Phase 2: the summed log-EEP of this shard's rows under that conditional.
+        eep = streaming.log_eep(num_target_classes, num_source_classes, from_logits=from_logits)
+        eep_state = eep.update(
+            eep.init(), predictions, labels, streaming.conditional(joint_state), mask
+        )
+        scores["leep"] = eep.compute(jax.lax.psum(eep_state, axis))
+    if "nce" in metrics:
+        nce = streaming.nce(num_target_classes, num_source_classes)
+        scores["nce"] = nce.compute(
+            jax.lax.psum(nce.update(nce.init(), predictions, labels, mask), axis)
+        )
+    if "h_score" in metrics:
+        # Shift by the global mean first: raw sums of features with a large mean lose
+        # the covariance to cancellation in float32 (S/n - m m^T).
+        valid = _ops.valid_rows(labels, num_target_classes, mask)
+        dtype = accumulation_dtype(features.dtype)
+        total, count = jax.lax.psum(
+            (
+                jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0),
+                jnp.sum(valid, dtype=dtype),
+            ),
+            axis,
+        )
+        h_score = streaming.h_score(num_target_classes, features.shape[-1], shift=total / count)
+        state = h_score.update(h_score.init(), features, labels, mask)
+        scores["h_score"] = h_score.compute(jax.lax.psum(state, axis))
+    return scores
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("num_target_classes", "from_logits", "metrics", "mesh", "axis_name"),
+)
+def _sharded_scores(
+    predictions,
+    labels,
+    features,
+    mask,
+    *,
+    num_target_classes,
+    from_logits,
+    metrics,
+    mesh,
+    axis_name,
+):
+    shards = axis_size(mesh, axis_name)
+    predictions, padding_mask = pad_to_multiple(predictions, shards)
+    labels, _ = pad_to_multiple(labels, shards)
+    mask = padding_mask if mask is None else pad_to_multiple(mask, shards)[0] & padding_mask
+    arrays = (
+        (predictions, labels, mask)
+        if features is None
+        else (predictions, labels, mask, pad_to_multiple(features, shards)[0])
+    )
+    spec = jax.P(axis_names_of(axis_name))
+    if AxisType.Explicit in mesh.axis_types:
+        # Explicit axes: shard_map insists that in_specs match the inputs' types.
+        arrays = tuple(jax.sharding.reshard(a, NamedSharding(mesh, spec)) for a in arrays)
+
+    def per_shard(predictions, labels, mask, features=None):
+        return _shard_scores(
+            predictions,
+            labels,
+            features,
+            mask,
+            num_target_classes=num_target_classes,
+            from_logits=from_logits,
+            metrics=metrics,
+            axis=axis_names_of(axis_name),
+        )
+
+    # check_vma=False: the CPU row loop in leep_jax.scores._ops starts its fori_loop
+    # carry from an unvarying zeros array, which the varying-axes check rejects.
+    # Every output is a psum, so replication (out_specs P()) holds regardless.
+    return jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=jax.P(), check_vma=False)(
+        *arrays
+    )
+
+
+def _check_metrics(metrics) -> tuple[str, ...]:
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
+    if len(set(metrics)) != len(metrics):
+        raise ValueError(f"metrics repeats a name: {metrics!r}")
+    return metrics
+
+
+def _addressable(*arrays) -> bool:
+    """False for global arrays with shards on other processes (multi-host)."""
+    return all(
+        not isinstance(a, jax.Array) or a.is_fully_addressable for a in arrays if a is not None
+    )
+
+
+def sharded_scores(
+    predictions: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    *,
+    features: ArrayLike | None = None,
+    from_logits: bool = False,
+    mask: ArrayLike | None = None,
+    mesh: Mesh | None = None,
+    axis_name: AxisName = "data",
+    metrics: Sequence[str] = METRICS,
+    validate_inputs: bool = True,
+) -> dict[str, jax.Array]:
+    """LEEP, NCE and H-score with the examples split over a device mesh.
+
+    One jitted ``jax.shard_map``: each device reduces its shard of the examples to
+    sums (the states of :mod:`leep_jax.streaming`) and ``lax.psum`` merges them.
+    LEEP is exact in two phases inside the same map: per-shard joint, psum,
+    conditional, per-shard summed log-EEP, psum. H-score first psums the feature mean
+    and accumulates features minus that mean, which keeps float32 accurate. Any ``n``
+    works: rows are zero-padded to a multiple of the shard count and masked out, so
+    results equal :func:`leep_jax.leep`, :func:`leep_jax.nce` and
+    :func:`leep_jax.h_score` on the same data up to float32 summation order.
+
+    Inputs may be NumPy arrays or ``jax.Array`` s with any sharding (they are
+    resharded along ``axis_name``); Auto and Explicit mesh axes both work, with or
+    without ``jax.set_mesh``. Compiles once per shapes, mesh and static options.
+
+    Multi-host: after ``jax.distributed.initialize()``, every process calls this
+    function with the same arguments on global arrays, e.g. built with
+    ``jax.make_array_from_process_local_data(NamedSharding(mesh, jax.P("data")),
+    local_rows)`` over a mesh of ``jax.devices()``; nothing here assumes the data is
+    host-local (padding happens inside ``jit``, results are replicated scalars). Value
+    checks are skipped for arrays that are not fully addressable. This path has only
+    been tested on simulated single-process CPU devices, not on real multiple hosts.
+
+    Args:
+      predictions: ``[n, num_source_classes]`` source-model probabilities, or logits
+        with ``from_logits=True``.
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``, a static Python int.
+      features: ``[n, feature_dim]`` penultimate features; needed for ``"h_score"``.
+      from_logits: treat ``predictions`` as logits.
+      mask: optional ``bool[n]``; False rows are dropped as if absent.
+      mesh: the device mesh, or ``None`` for the ``jax.set_mesh`` mesh if one is set,
+        else all devices (``jax.devices()``) on a 1-D mesh named ``axis_name``.
+      axis_name: the mesh axis (or tuple of axes) the examples are split along.
+      metrics: which of ``"leep"``, ``"nce"``, ``"h_score"`` to compute.
+      validate_inputs: value checks as in :func:`leep_jax.leep` on concrete,
+        fully addressable inputs.
+
+    Returns:
+      ``{metric: float32 scalar}`` for each requested metric.
+
+    Raises:
+      ValueError: on invalid inputs (as :func:`leep_jax.leep`), unknown metrics,
+        ``"h_score"`` without features, or a mesh lacking ``axis_name``.
+
+    Examples:
+      >>> import numpy as np
+      >>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]], np.float32)
+      >>> scores = sharded_scores(probs, np.array([0, 1, 0]), 2, metrics=("leep", "nce"))
+      >>> round(float(scores["leep"]), 4), float(scores["nce"])
+      (-0.3652, 0.0)
+    """
+    metrics = _check_metrics(metrics)
+    num_target_classes = check_num_classes(num_target_classes)
+    if not isinstance(from_logits, bool):
+        raise ValueError(f"from_logits must be a bool, got {from_logits!r}")
+    check_shapes("predictions", predictions, labels, mask)
+    if "h_score" in metrics:
+        if features is None:
+            raise ValueError('metric "h_score" needs features= (penultimate features [n, d])')
+        check_shapes("features", features, labels, mask)
+    else:
+        features = None
+    mesh = data_mesh(mesh, axis_name)
+    if (
+        validate_inputs
+        and is_concrete(predictions, labels, features, mask)
+        and _addressable(predictions, labels, features, mask)
+    ):
+        check_values(
+            "predictions",
+            predictions,
+            labels,
+            num_target_classes,
+            mask,
+            probabilities=not from_logits,
+        )
+        if features is not None:
+            check_values(
+                "features", features, labels, num_target_classes, mask, probabilities=False
+            )
+    return _sharded_scores(
+        jnp.asarray(predictions),
+        jnp.asarray(labels),
+        None if features is None else jnp.asarray(features),
+        None if mask is None else jnp.asarray(mask),
+        num_target_classes=num_target_classes,
+        from_logits=from_logits,
+        metrics=metrics,
+        mesh=mesh,
+        axis_name=axis_name if isinstance(axis_name, str) else tuple(axis_name),
+    )

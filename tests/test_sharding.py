@@ -1,0 +1,207 @@
+"""leep_jax.sharding: padding, and the shard_map scores against the in-memory ones.
+
+Every sharded compile on 8 simulated CPU devices costs seconds, so the tests share one
+problem (n = 1001, ragged over 2, 4 and 8 devices) and few option combinations.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+
+import leep_jax
+from leep_jax.sharding import axis_size, data_mesh, pad_to_multiple, sharded_scores
+from leep_jax.sharding.scores import _sharded_scores
+
+N, Z, Y, D = 1001, 16, 6, 5
+RTOL = {"leep": 1e-6, "nce": 1e-6, "h_score": 1e-5}
+
+
+@functools.cache
+def problem(n=N):
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(n, Z)) * 2).astype(np.float32)
+    probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    # An offset far from 0: the H-score's global-mean shift has to keep float32 exact.
+    features = (rng.normal(size=(n, D)) + 3 * labels[:, None] + 50).astype(np.float32)
+    mask = rng.random(n) < 0.9
+    return logits, probs, labels, features, mask
+
+
+@functools.cache
+def expected(n=N, from_logits=True):
+    logits, probs, labels, features, mask = problem(n)
+    predictions = logits if from_logits else probs
+    return {
+        "leep": float(leep_jax.leep(predictions, labels, Y, from_logits=from_logits, mask=mask)),
+        "nce": float(leep_jax.nce(predictions, labels, Y, from_logits=from_logits, mask=mask)),
+        "h_score": float(leep_jax.h_score(features, labels, Y, mask=mask)),
+    }
+
+
+def assert_matches(got, want):
+    assert set(got) == set(want)
+    for name, value in want.items():
+        assert got[name].shape == () and got[name].dtype == np.float32
+        np.testing.assert_allclose(float(got[name]), value, rtol=RTOL[name], err_msg=name)
+
+
+def mesh_of(num_devices, axis_type=AxisType.Auto):
+    devices = jax.devices()[:num_devices]
+    assert len(devices) == num_devices
+    return jax.make_mesh((num_devices,), ("data",), axis_types=(axis_type,), devices=devices)
+
+
+def scores_on(mesh, *, n=N, from_logits=True, **kwargs):
+    logits, probs, labels, features, mask = problem(n)
+    return sharded_scores(
+        logits if from_logits else probs,
+        labels,
+        Y,
+        features=features,
+        from_logits=from_logits,
+        mask=mask,
+        mesh=mesh,
+        **kwargs,
+    )
+
+
+# --- pad_to_multiple -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,multiple,padded_n", [(5, 4, 8), (8, 4, 8), (1, 8, 8), (1001, 8, 1008)])
+def test_pad_to_multiple_shapes_and_mask(n, multiple, padded_n):
+    x = np.arange(n * 3, dtype=np.float32).reshape(n, 3)
+    padded, mask = pad_to_multiple(x, multiple)
+    assert padded.shape == (padded_n, 3) and mask.shape == (padded_n,) and mask.dtype == bool
+    np.testing.assert_array_equal(padded[:n], x)
+    np.testing.assert_array_equal(padded[n:], 0)
+    np.testing.assert_array_equal(mask, np.arange(padded_n) < n)
+
+
+def test_pad_to_multiple_other_axis_under_jit():
+    x = np.ones((2, 5), np.int32)
+    padded, mask = jax.jit(functools.partial(pad_to_multiple, multiple=3, axis=-1))(x)
+    assert padded.shape == (2, 6) and padded.dtype == np.int32
+    np.testing.assert_array_equal(mask, [True] * 5 + [False])
+
+
+@pytest.mark.parametrize("multiple", [0, -2, 2.0, True])
+def test_pad_to_multiple_rejects_bad_multiple(multiple):
+    with pytest.raises(ValueError, match="multiple"):
+        pad_to_multiple(np.ones(3), multiple)
+
+
+def test_pad_to_multiple_rejects_bad_axis():
+    with pytest.raises(ValueError, match="axis"):
+        pad_to_multiple(np.ones(3), 2, axis=1)
+
+
+def test_padding_and_masking_leaves_scores_unchanged():
+    logits, _, labels, features, mask = problem()
+    padded, padding_mask = pad_to_multiple(logits, 8)
+    got = leep_jax.leep(
+        padded,
+        pad_to_multiple(labels, 8)[0],
+        Y,
+        from_logits=True,
+        mask=pad_to_multiple(mask, 8)[0] & padding_mask,
+    )
+    np.testing.assert_allclose(got, expected()["leep"], rtol=1e-6)
+
+
+# --- sharded_scores --------------------------------------------------------------------
+
+
+def test_ragged_n_over_8_devices_matches_in_memory():
+    assert len(jax.devices()) == 8
+    mesh = mesh_of(8)
+    assert axis_size(mesh, "data") == 8 and N % 8 != 0
+    assert_matches(scores_on(mesh), expected())
+    # mesh=None means every device on a 1-D Auto mesh: the same compiled function.
+    assert_matches(scores_on(None), expected())
+    assert data_mesh(None, "data") == mesh
+
+
+@pytest.mark.parametrize("num_devices", [1, 2, 4])
+def test_device_count_does_not_change_the_result(num_devices):
+    got = scores_on(mesh_of(num_devices))
+    assert_matches(got, expected())
+    eight = scores_on(mesh_of(8))
+    for name in got:
+        np.testing.assert_allclose(got[name], eight[name], rtol=RTOL[name])
+
+
+def test_compiles_once_per_shape():
+    mesh = mesh_of(8)
+    scores_on(mesh)
+    before = _sharded_scores._cache_size()
+    scores_on(mesh, validate_inputs=False)
+    scores_on(mesh)
+    assert _sharded_scores._cache_size() == before
+
+
+@pytest.mark.parametrize("use_set_mesh", [False, True])
+def test_explicit_mesh_with_sharded_global_arrays(use_set_mesh):
+    """Global arrays already split along n (as multi-host runs build them)."""
+    mesh = mesh_of(8, AxisType.Explicit)
+    n = 1008  # divisible, as jax.make_array_from_process_local_data would give
+    logits, _, labels, features, mask = problem(n)
+    sharding = NamedSharding(mesh, jax.P("data"))
+    arrays = [jax.device_put(a, sharding) for a in (logits, labels, features, mask)]
+    assert len(arrays[0].sharding.device_set) == 8
+    call = functools.partial(
+        sharded_scores,
+        arrays[0],
+        arrays[1],
+        Y,
+        features=arrays[2],
+        from_logits=True,
+        mask=arrays[3],
+    )
+    if use_set_mesh:
+        with jax.set_mesh(mesh):
+            got = call()  # mesh=None: the mesh set by jax.set_mesh
+    else:
+        got = call(mesh=mesh)
+    assert_matches(got, expected(n))
+
+
+def test_probabilities_on_a_2d_explicit_mesh():
+    """Examples split over "data", replicated over "model"; probabilities as input."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    got = scores_on(mesh, from_logits=False)
+    assert_matches(got, expected(from_logits=False))
+
+
+def test_metrics_subset_and_no_features_needed():
+    logits, _, labels, _, mask = problem()
+    got = sharded_scores(
+        logits, labels, Y, from_logits=True, mask=mask, mesh=mesh_of(8), metrics=("nce",)
+    )
+    assert set(got) == {"nce"}
+    np.testing.assert_allclose(got["nce"], expected()["nce"], rtol=1e-6)
+
+
+def test_invalid_inputs_raise_value_error():
+    logits, probs, labels, features, mask = problem()
+    mesh = mesh_of(8)
+    with pytest.raises(ValueError, match="needs features"):
+        sharded_scores(logits, labels, Y, from_logits=True, mesh=mesh)
+    with pytest.raises(ValueError, match="metrics"):
+        sharded_scores(logits, labels, Y, from_logits=True, mesh=mesh, metrics=("logme",))
+    with pytest.raises(ValueError, match="lack axis_name 'batch'"):
+        sharded_scores(
+            logits, labels, Y, from_logits=True, mesh=mesh, axis_name="batch", metrics="nce"
+        )
+    with pytest.raises(ValueError, match="length mismatch"):
+        sharded_scores(logits[:-1], labels, Y, from_logits=True, mesh=mesh, metrics=("nce",))
+    with pytest.raises(ValueError, match="labels must lie"):
+        sharded_scores(logits, labels + 1, Y, from_logits=True, mesh=mesh, metrics=("nce",))
+    with pytest.raises(ValueError, match="from_logits=True"):
+        sharded_scores(logits, labels, Y, mesh=mesh, metrics=("leep",))
+    with pytest.raises(ValueError, match="mask excludes every example"):
+        sharded_scores(probs, labels, Y, mesh=mesh, mask=np.zeros(N, bool), features=features)
