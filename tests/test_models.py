@@ -14,6 +14,7 @@ from leep_jax.models import (
     forward,
     model_names,
 )
+from leep_jax.models.common import conv_kernel_init, dense_kernel_init
 
 
 def count_params(model) -> int:
@@ -27,7 +28,8 @@ def abstract(build):
 
 
 def images(shape, seed=0):
-    return jax.random.uniform(jax.random.key(seed), shape, jnp.float32)
+    # NumPy, not jax.random: each new shape of a jax.random draw compiles a program.
+    return np.random.default_rng(seed).uniform(size=shape).astype(np.float32)
 
 
 def materialize(model, seed=0):
@@ -255,6 +257,18 @@ def test_train_mode_updates_running_statistics(small_cnn):
     # The clone is independent: the shared fixture still has its initial statistics.
     for a, b in zip(before, batch_stats(small_cnn), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_initialisers_equal_jax_variance_scaling():
+    # The flat-draw initialisers exist only to compile faster; values must not change.
+    # (Slow: the reference draws with a multi-dimensional shape, the slow-compiling case.)
+    key = jax.random.key(3)
+    for shape in [(3, 3, 8, 16), (7, 7, 3, 64)]:
+        expected = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")(key, shape)
+        np.testing.assert_array_equal(conv_kernel_init(key, shape), expected)
+    expected = jax.nn.initializers.lecun_normal()(key, (64, 10))
+    np.testing.assert_array_equal(dense_kernel_init(key, (64, 10)), expected)
 
 
 @pytest.mark.slow

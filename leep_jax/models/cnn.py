@@ -13,6 +13,7 @@ from leep_jax.models.common import (
     check_images,
     conv3x3,
     global_average_pool,
+    linear_head,
     register,
 )
 
@@ -57,7 +58,7 @@ class SmallCNN(nnx.Module):
         self.bn2 = batch_norm(2 * width, rngs=rngs)
         self.conv3 = conv3x3(2 * width, 4 * width, strides=2, rngs=rngs)
         self.bn3 = batch_norm(4 * width, rngs=rngs)
-        self.head = nnx.Linear(self.feature_dim, num_classes, rngs=rngs)
+        self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""

@@ -20,6 +20,7 @@ from leep_jax.models.common import (
     conv3x3,
     conv_kernel_init,
     global_average_pool,
+    linear_head,
     register,
 )
 
@@ -144,7 +145,7 @@ class ResNet20(nnx.Module):
         self.stage1 = _stage(channels[0], channels[0], 3, strides=1, shortcut=shortcut, rngs=rngs)
         self.stage2 = _stage(channels[0], channels[1], 3, strides=2, shortcut=shortcut, rngs=rngs)
         self.stage3 = _stage(channels[1], channels[2], 3, strides=2, shortcut=shortcut, rngs=rngs)
-        self.head = nnx.Linear(self.feature_dim, num_classes, rngs=rngs)
+        self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
@@ -229,7 +230,7 @@ class ResNet18(nnx.Module):
             )
             in_features = out_features
         self.stages = nnx.List(stages)
-        self.head = nnx.Linear(self.feature_dim, num_classes, rngs=rngs)
+        self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
