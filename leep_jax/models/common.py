@@ -25,11 +25,12 @@ SUPPORTED_CHANNELS = (1, 3)
 
 
 # Why the initialisers below draw flat vectors and reshape: with JAX's default
-# (partitionable) threefry, XLA:CPU takes 3-15 s to compile a random draw of a small
+# (partitionable) threefry, XLA:CPU took 3-17 s to compile a random draw of a small
 # multi-dimensional shape such as [3, 3, 8, 16], against about 1 s for the same number of
-# values drawn as a vector; that made building a ResNet20 on CPU take tens of seconds. The
-# flat draws give the same values (threefry numbers elements by their flat index), so
-# these equal jax.nn.initializers.variance_scaling with the same key.
+# values drawn as a vector (jax 0.10.2, a busy 2-core machine); building a ResNet20 took
+# tens of seconds. Partitionable threefry numbers elements by their flat index, so the
+# flat draws give the same values as jax.nn.initializers.variance_scaling with the same
+# key (tests/test_models.py checks this).
 
 
 def conv_kernel_init(
