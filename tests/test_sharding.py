@@ -186,6 +186,29 @@ def test_metrics_subset_and_no_features_needed():
     np.testing.assert_allclose(got["nce"], expected()["nce"], rtol=1e-6)
 
 
+@pytest.mark.parametrize("use_set_mesh", [False, True])
+def test_inside_an_outer_jit(use_set_mesh):
+    """Traced inputs: the mesh comes from jax.set_mesh (abstract under jit) or all devices."""
+    logits, _, labels, _, mask = problem()
+
+    # Under set_mesh the rows are split over both axes of a 2-D mesh (8 shards).
+    axis_name = ("data", "model") if use_set_mesh else "data"
+
+    @jax.jit
+    def nce(logits, labels, mask):
+        return sharded_scores(
+            logits, labels, Y, from_logits=True, mask=mask, metrics="nce", axis_name=axis_name
+        )
+
+    if use_set_mesh:
+        mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+        with jax.set_mesh(mesh):
+            got = nce(logits, labels, mask)
+    else:
+        got = nce(logits, labels, mask)
+    np.testing.assert_allclose(got["nce"], expected()["nce"], rtol=1e-6)
+
+
 def test_invalid_inputs_raise_value_error():
     logits, probs, labels, features, mask = problem()
     mesh = mesh_of(8)
@@ -197,6 +220,8 @@ def test_invalid_inputs_raise_value_error():
         sharded_scores(
             logits, labels, Y, from_logits=True, mesh=mesh, axis_name="batch", metrics="nce"
         )
+    with pytest.raises(ValueError, match="mesh must be"):
+        sharded_scores(logits, labels, Y, from_logits=True, mesh="data", metrics="nce")
     with pytest.raises(ValueError, match="length mismatch"):
         sharded_scores(logits[:-1], labels, Y, from_logits=True, mesh=mesh, metrics=("nce",))
     with pytest.raises(ValueError, match="labels must lie"):
