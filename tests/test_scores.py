@@ -48,11 +48,14 @@ def test_joint_nce_hscore_match_reference(n, z, y):
         ref.joint(ref.softmax(logits), labels, y),
         atol=1e-6,
     )
-    np.testing.assert_allclose(leep_jax.nce(probs, labels, y), ref.nce(probs, labels, y),
-                               rtol=RTOL, atol=1e-6)
     np.testing.assert_allclose(
-        leep_jax.nce(logits, labels, y, from_logits=True), ref.nce(logits, labels, y),
-        rtol=RTOL, atol=1e-6,
+        leep_jax.nce(probs, labels, y), ref.nce(probs, labels, y), rtol=RTOL, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        leep_jax.nce(logits, labels, y, from_logits=True),
+        ref.nce(logits, labels, y),
+        rtol=RTOL,
+        atol=1e-6,
     )
 
 
@@ -73,8 +76,9 @@ def test_known_values():
     labels = rng.integers(0, 4, 500).astype(np.int32)
     # A constant predictor carries no information: LEEP = -H(Y).
     constant = np.tile(rng.dirichlet(np.ones(6)).astype(np.float32), (500, 1))
-    np.testing.assert_allclose(leep_jax.leep(constant, labels, 4), -ref.label_entropy(labels),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        leep_jax.leep(constant, labels, 4), -ref.label_entropy(labels), rtol=1e-5
+    )
     # A perfect one-hot predictor with Y = Z: LEEP = 0, NCE = 0.
     perfect = np.eye(4, dtype=np.float32)[labels]
     assert abs(float(leep_jax.leep(perfect, labels, 4))) < 1e-6
@@ -135,18 +139,21 @@ def test_mask_drops_rows_exactly():
     for f, kw in [(leep_jax.leep, {}), (leep_jax.nce, {}), (leep_jax.joint_distribution, {})]:
         np.testing.assert_allclose(
             f(padded_probs, labels, 4, mask=jnp.asarray(keep), **kw),
-            f(probs[keep], labels[keep], 4, **kw), rtol=1e-5, atol=1e-7,
+            f(probs[keep], labels[keep], 4, **kw),
+            rtol=1e-5,
+            atol=1e-7,
         )
     nan_logits = np.where(keep[:, None], logits, np.nan).astype(np.float32)
     np.testing.assert_allclose(
-        leep_jax.leep(nan_logits, labels, 4, from_logits=True, mask=keep,
-                      validate_inputs=False),
-        leep_jax.leep(logits[keep], labels[keep], 4, from_logits=True), rtol=1e-5,
+        leep_jax.leep(nan_logits, labels, 4, from_logits=True, mask=keep, validate_inputs=False),
+        leep_jax.leep(logits[keep], labels[keep], 4, from_logits=True),
+        rtol=1e-5,
     )
     features = np.random.default_rng(1).normal(size=(256, 5)).astype(np.float32)
     np.testing.assert_allclose(
         leep_jax.h_score(features, labels, 4, mask=keep),
-        leep_jax.h_score(features[keep], labels[keep], 4), rtol=1e-4,
+        leep_jax.h_score(features[keep], labels[keep], 4),
+        rtol=1e-4,
     )
 
 
@@ -158,11 +165,13 @@ def test_zero_probability_source_class_and_absent_target_class_no_nan():
     for f in (leep_jax.leep, leep_jax.nce):
         value = float(f(probs, labels, 4))
         assert np.isfinite(value)
-    np.testing.assert_allclose(leep_jax.leep(probs, labels, 4), ref.leep(probs, labels, 4),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        leep_jax.leep(probs, labels, 4), ref.leep(probs, labels, 4), rtol=1e-5
+    )
     # Absent classes contribute nothing: the same as scoring with Y = 3.
-    np.testing.assert_allclose(leep_jax.leep(probs, labels, 4), leep_jax.leep(probs, labels, 3),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        leep_jax.leep(probs, labels, 4), leep_jax.leep(probs, labels, 3), rtol=1e-6
+    )
     features = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
     assert np.isfinite(float(leep_jax.h_score(features, labels, 4)))
 
@@ -173,10 +182,12 @@ def test_huge_logits_finite_and_agree_with_probabilities(scale):
     from_logits = float(leep_jax.leep(logits, labels, 3, from_logits=True))
     probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
     assert np.isfinite(from_logits)
-    np.testing.assert_allclose(from_logits, float(leep_jax.leep(probs, labels, 3)),
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(from_logits, ref.leep_from_logits(logits, labels, 3),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        from_logits, float(leep_jax.leep(probs, labels, 3)), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        from_logits, ref.leep_from_logits(logits, labels, 3), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -189,13 +200,16 @@ def test_low_precision_inputs(dtype):
     np.testing.assert_allclose(got, expected, rtol=1e-2)
     low_probs = jnp.asarray(probs, dtype)
     np.testing.assert_allclose(
-        leep_jax.leep(low_probs, labels, 4), ref.leep(np.asarray(low_probs, np.float64),
-                                                      labels, 4), rtol=1e-2)
-    features = jnp.asarray(np.random.default_rng(0).normal(size=(500, 4)) + labels[:, None],
-                           dtype)
+        leep_jax.leep(low_probs, labels, 4),
+        ref.leep(np.asarray(low_probs, np.float64), labels, 4),
+        rtol=1e-2,
+    )
+    features = jnp.asarray(np.random.default_rng(0).normal(size=(500, 4)) + labels[:, None], dtype)
     np.testing.assert_allclose(
         leep_jax.h_score(features, labels, 4),
-        ref.h_score(np.asarray(features, np.float64), labels, 4), rtol=1e-2)
+        ref.h_score(np.asarray(features, np.float64), labels, 4),
+        rtol=1e-2,
+    )
 
 
 def test_vmap_over_models_matches_loop():
@@ -236,3 +250,11 @@ def test_jit_matches_eager_and_compiles_once():
     assert leep_module._leep._cache_size() == before
     leep_jax.leep(probs[:100], labels[:100], 3)
     assert leep_module._leep._cache_size() == before + 1
+
+
+def test_64_bit_labels_out_of_range_are_refused_not_wrapped():
+    probs = np.full((4, 3), 1 / 3, np.float32)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        leep_jax.leep(probs, np.array([0, 1, 2**40, 0]), 3)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        leep_jax.nce(probs, np.array([0, 1, 2**32, 0], np.uint64), 3)

@@ -19,13 +19,15 @@ def _problem(n=800, z=16, y=6, d=5):
 
 
 def _all_scores(logits, probs, labels, features, mask, y=6):
-    return np.array([
-        leep_jax.leep(probs, labels, y, mask=mask),
-        leep_jax.leep(logits, labels, y, from_logits=True, mask=mask),
-        leep_jax.nce(probs, labels, y, mask=mask),
-        leep_jax.h_score(features, labels, y, mask=mask),
-        *np.asarray(leep_jax.joint_distribution(probs, labels, y, mask=mask)).ravel()[:5],
-    ])
+    return np.array(
+        [
+            leep_jax.leep(probs, labels, y, mask=mask),
+            leep_jax.leep(logits, labels, y, from_logits=True, mask=mask),
+            leep_jax.nce(probs, labels, y, mask=mask),
+            leep_jax.h_score(features, labels, y, mask=mask),
+            *np.asarray(leep_jax.joint_distribution(probs, labels, y, mask=mask)).ravel()[:5],
+        ]
+    )
 
 
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])

@@ -52,8 +52,7 @@ def check_shapes(name: str, values: ArrayLike, labels: ArrayLike, mask: ArrayLik
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
     if labels_shape[0] != values_shape[0]:
         raise ValueError(
-            f"length mismatch: {name} has {values_shape[0]} rows but labels has "
-            f"{labels_shape[0]}"
+            f"length mismatch: {name} has {values_shape[0]} rows but labels has {labels_shape[0]}"
         )
     if values_shape[0] == 0:
         raise ValueError(f"{name} is empty (n = 0); a score needs at least one example")
@@ -101,6 +100,17 @@ def check_values(
     Runs one small jitted reduction on device and fetches a handful of scalars, so it is
     cheap next to the score itself.
     """
+    host_labels = labels if isinstance(labels, np.ndarray) else None
+    if (
+        host_labels is not None
+        and host_labels.size
+        and (host_labels.min() < 0 or host_labels.max() >= num_target_classes)
+    ):
+        # Checked on the host first: 64-bit labels would wrap when cast to int32.
+        bad = host_labels.min() if host_labels.min() < 0 else host_labels.max()
+        raise ValueError(
+            f"labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
+        )
     stats = jax.device_get(_value_stats(values, labels, mask, probabilities))
     if int(stats["num_valid"]) == 0:
         raise ValueError("mask excludes every example; a score needs at least one")
@@ -142,7 +152,5 @@ def validate(
     num_target_classes = check_num_classes(num_target_classes)
     check_shapes(name, values, labels, mask)
     if check and is_concrete(values, labels, mask):
-        check_values(
-            name, values, labels, num_target_classes, mask, probabilities=probabilities
-        )
+        check_values(name, values, labels, num_target_classes, mask, probabilities=probabilities)
     return num_target_classes

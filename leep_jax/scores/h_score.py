@@ -82,9 +82,7 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
     weighted = class_means * (sums.class_count / n)[:, None]
     between_cov = jnp.matmul(weighted.T, class_means, precision=_HIGHEST) - mean_outer
     eigenvalues, eigenvectors = jnp.linalg.eigh(feature_cov)
-    cutoff = eigenvalues.shape[0] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(
-        jnp.abs(eigenvalues)
-    )
+    cutoff = eigenvalues.shape[0] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(jnp.abs(eigenvalues))
     keep = eigenvalues > cutoff
     inverse = jnp.where(keep, 1 / jnp.where(keep, eigenvalues, 1), 0)
     projected = jnp.einsum(

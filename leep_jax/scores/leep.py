@@ -58,7 +58,9 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits"))
 def _leep(predictions, labels, mask, num_target_classes, from_logits):
-    table, _ = joint_sum(predictions, labels, num_target_classes, from_logits=from_logits, mask=mask)
+    table, _ = joint_sum(
+        predictions, labels, num_target_classes, from_logits=from_logits, mask=mask
+    )
     per_example = log_eep(predictions, labels, conditional(table), from_logits=from_logits)
     valid = _ops.valid_rows(labels, num_target_classes, mask)
     return masked_mean(per_example, valid)
