@@ -1,0 +1,634 @@
+"""Rank source models for a target task by LEEP (with NCE and H-score beside it).
+
+The job `leep-jax rank` does: one forward pass of the target training set through each
+source model gives logits and penultimate features together; LEEP and NCE come from
+the logits, H-score from the features. Models are ranked by one of the scores (LEEP
+by default, rank 1 = highest score = predicted best transfer). With ``verify=True``
+every model is also fine-tuned on the task, and the rank correlation of each score
+with the accuracy actually reached is reported: Kendall's tau
+(`scipy.stats.kendalltau`) and the weighted tau of the model-ranking literature
+(`scipy.stats.weightedtau` with its defaults, which weights agreement at the top of
+the ranking most).
+
+Example:
+  >>> from leep_jax.experiments.rank import load_target_task, rank_models
+  >>> task = load_target_task("digits", num_classes=5, seed=0)    # doctest: +SKIP
+  >>> result = rank_models({"a": model_a, "b": model_b}, task)     # doctest: +SKIP
+  >>> print(result.format_table())                                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.stats
+from flax import nnx
+from jax.typing import ArrayLike
+from tqdm.auto import tqdm
+
+from leep_jax.data import dataset_num_classes, load_dataset, make_task, sample_tasks
+from leep_jax.data.tasks import TargetTask
+from leep_jax.models import forward
+from leep_jax.scores import h_score, leep, nce
+from leep_jax.transfer.methods import fine_tune, retrain_head
+
+__all__ = [
+    "SCORE_NAMES",
+    "Correlation",
+    "RankResult",
+    "RankRow",
+    "load_target_task",
+    "match_channels",
+    "model_outputs",
+    "rank_models",
+    "score_outputs",
+]
+
+SCORE_NAMES = ("leep", "nce", "h_score")
+SCORE_LABELS = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
+VERIFY_METHODS = ("fine_tune", "retrain_head")
+
+ScoreName = Literal["leep", "nce", "h_score"]
+VerifyMethod = Literal["fine_tune", "retrain_head"]
+
+
+class Task(Protocol):
+    """What ranking reads from a target task (`leep_jax.data.TargetTask` fits)."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def train_images(self) -> np.ndarray: ...
+
+    @property
+    def train_labels(self) -> np.ndarray: ...
+
+    @property
+    def test_images(self) -> np.ndarray: ...
+
+    @property
+    def test_labels(self) -> np.ndarray: ...
+
+
+# ----------------------------------------------------------------------- target task
+
+
+def match_channels(images: np.ndarray, in_channels: int) -> np.ndarray:
+    """Converts NHWC images between grey (1 channel) and RGB (3 channels).
+
+    RGB becomes grey by the ITU-R BT.601 luma weights (what PIL's ``convert("L")``
+    uses); grey becomes RGB by repeating the channel.
+
+    Args:
+      images: ``[n, h, w, c]`` uint8 or float images, ``c`` in {1, 3}.
+      in_channels: the channel count wanted, 1 or 3.
+
+    Returns:
+      ``[n, h, w, in_channels]`` images of the input dtype (``images`` itself when the
+      channel count already matches).
+
+    Raises:
+      ValueError: for other channel counts.
+    """
+    channels = images.shape[-1]
+    if channels == in_channels:
+        return images
+    if (channels, in_channels) == (3, 1):
+        weights = np.asarray([0.299, 0.587, 0.114], np.float32)
+        grey = images.astype(np.float32) @ weights
+        if images.dtype == np.uint8:
+            grey = np.clip(np.rint(grey), 0, 255)
+        return grey.astype(images.dtype)[..., None]
+    if (channels, in_channels) == (1, 3):
+        return np.repeat(images, 3, axis=-1)
+    raise ValueError(f"cannot convert images with {channels} channels to {in_channels} channels")
+
+
+def load_target_task(
+    dataset: str = "digits",
+    *,
+    classes: Sequence[int] | None = None,
+    num_classes: int = 5,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+) -> TargetTask:
+    """Builds a target task from a dataset by name.
+
+    Without ``classes``, the task generator (`leep_jax.data.sample_tasks`) draws
+    ``num_classes`` classes of the dataset with ``seed``, so a seed names a task.
+
+    Args:
+      dataset: ``"digits"``, ``"fashion_mnist"`` or ``"tfds:<name>"``.
+      classes: original class ids of the task (label j stands for ``classes[j]``).
+      num_classes: how many classes to draw when ``classes`` is not given.
+      train_per_class: at most this many training examples per class (drawn with
+        ``seed``); None keeps them all.
+      test_per_class: at most this many test examples per class; None keeps them all.
+      seed: seeds the class draw and the example draws.
+      image_size: image height and width to load at (see `leep_jax.data.load_dataset`).
+
+    Returns:
+      The `TargetTask`.
+
+    Raises:
+      ValueError: unknown dataset, fewer than 2 classes, repeated classes or classes
+        out of range, bad per-class counts.
+      FileNotFoundError: the dataset is not available (the message says how to get it).
+      ImportError: a TFDS dataset without the ``tfds`` extra.
+    """
+    total = dataset_num_classes(dataset)  # checks the name before any loading
+    if classes is not None:
+        classes = tuple(int(c) for c in classes)
+        if len(classes) < 2:
+            raise ValueError(f"a target task needs at least 2 classes, got {len(classes)}")
+        bad = [c for c in classes if not 0 <= c < total]
+        if bad:
+            raise ValueError(
+                f"class {bad[0]} is out of range for {dataset} (classes 0..{total - 1})"
+            )
+        if len(set(classes)) != len(classes):
+            raise ValueError(f"classes must be distinct, got {','.join(map(str, classes))}")
+    elif not 2 <= num_classes <= total:
+        raise ValueError(
+            f"num_classes must be between 2 and {total} for {dataset}, got {num_classes}"
+        )
+    for what, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
+        if value is not None and value < 1:
+            raise ValueError(f"{what} must be a positive int, got {value}")
+
+    splits = [load_dataset(dataset, split, image_size=image_size) for split in ("train", "test")]
+    common = {
+        "regime": "large" if train_per_class is None else "small",
+        "max_per_class": train_per_class or 1,
+        "max_test_per_class": test_per_class,
+        "dataset": dataset,
+    }
+    if classes is None:
+        (task,) = sample_tasks(
+            *splits,
+            class_pool=range(total),
+            num_tasks=1,
+            seed=seed,
+            min_classes=num_classes,
+            max_classes=num_classes,
+            **common,
+        )
+        # The generator seeds each task from a child of `seed`; record the seed that
+        # reproduces this one.
+        return dataclasses.replace(task, seed=seed)
+    return make_task(*splits, classes, seed=seed, **common)
+
+
+# ------------------------------------------------------------------- scoring one model
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_batch(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
+    # The graph definition is static, so every model of one architecture (and batch
+    # shape) shares one compiled program.
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+    return forward(nnx.merge(graphdef, state), images)
+
+
+def model_outputs(
+    model: nnx.Module, images: ArrayLike, *, batch_size: int = 256
+) -> tuple[jax.Array, jax.Array]:
+    """Logits and penultimate features of every image from ONE pass through ``model``.
+
+    Puts ``model`` in eval mode (BatchNorm uses its running statistics). Every batch has
+    ``batch_size`` rows, so one program serves them all; the last is zero-padded and the
+    padding rows are dropped (eval-mode BatchNorm keeps rows independent).
+
+    Args:
+      model: a source model following the `leep_jax.models` contract.
+      images: ``[n, h, w, c]`` uint8 (scaled to [0, 1]) or float images in [0, 1].
+      batch_size: images per forward call.
+
+    Returns:
+      ``(logits [n, num_source_classes], features [n, feature_dim])``, float32.
+
+    Raises:
+      ValueError: on no images, a bad batch size, or images the model rejects.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise ValueError(f"images must be a non-empty [n, h, w, c] batch, got {images.shape}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    model.eval()
+    graphdef, state = nnx.split(model)
+    n = images.shape[0]
+    batch_size = min(batch_size, n)
+    logits, features = [], []
+    for start in range(0, n, batch_size):
+        batch = images[start : start + batch_size]
+        rows = batch.shape[0]
+        if rows < batch_size:
+            pad = np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)
+            batch = np.concatenate([batch, pad])
+        batch_logits, batch_features = _forward_batch(graphdef, state, batch)
+        logits.append(batch_logits[:rows])
+        features.append(batch_features[:rows])
+    return jnp.concatenate(logits), jnp.concatenate(features)
+
+
+def score_outputs(
+    logits: ArrayLike, features: ArrayLike, labels: ArrayLike, num_target_classes: int
+) -> dict[str, float]:
+    """LEEP and NCE from the logits, H-score from the features, of one model.
+
+    Args:
+      logits: ``[n, num_source_classes]`` source-model logits.
+      features: ``[n, feature_dim]`` penultimate features.
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``.
+
+    Returns:
+      ``{"leep": ..., "nce": ..., "h_score": ...}`` as Python floats.
+    """
+    return {
+        "leep": float(leep(logits, labels, num_target_classes, from_logits=True)),
+        "nce": float(nce(logits, labels, num_target_classes, from_logits=True)),
+        "h_score": float(h_score(features, labels, num_target_classes)),
+    }
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+    """Rank agreement of one score with the accuracy actually reached.
+
+    Attributes:
+      kendall_tau: Kendall's tau-b (`scipy.stats.kendalltau`); None when undefined
+        (fewer than 2 models, or all scores or all accuracies tied).
+      kendall_p: its two-sided p-value; None when undefined.
+      weighted_tau: `scipy.stats.weightedtau` with its defaults (hyperbolic weights,
+        top of the ranking weighs most); None when undefined.
+    """
+
+    kendall_tau: float | None
+    kendall_p: float | None
+    weighted_tau: float | None
+
+    @classmethod
+    def between(cls, scores: Sequence[float], accuracies: Sequence[float]) -> Correlation:
+        """Correlations of ``scores`` with ``accuracies`` (same model order)."""
+        x, y = np.asarray(scores, np.float64), np.asarray(accuracies, np.float64)
+        if x.size < 2:
+            return cls(None, None, None)
+        with warnings.catch_warnings():
+            # Constant input: scipy warns and returns NaN, which is reported as None.
+            warnings.simplefilter("ignore")
+            kendall = scipy.stats.kendalltau(x, y)
+            weighted = scipy.stats.weightedtau(x, y)
+        return cls(
+            _finite_or_none(kendall.statistic),
+            _finite_or_none(kendall.pvalue),
+            _finite_or_none(weighted.statistic),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RankRow:
+    """One source model's scores and rank.
+
+    Attributes:
+      name: the model's name (key of the ``models`` mapping).
+      architecture: its registry name (``"resnet20"``, ...) or class name.
+      num_source_classes: Z, the width of its head.
+      scores: ``{"leep", "nce", "h_score"}`` values on the target training set.
+      ranks: rank under each score, 1 = highest (ties share the best rank).
+      rank: rank under the score the result is ranked by.
+      score_time_s: wall-clock seconds of the forward pass plus the three scores
+        (compilation included: the first model of each architecture pays it).
+      accuracy: target test accuracy after transfer (``verify`` only, else None).
+      transfer_time_s: wall-clock seconds of that transfer run (``verify`` only).
+    """
+
+    name: str
+    architecture: str
+    num_source_classes: int
+    scores: Mapping[str, float]
+    ranks: Mapping[str, int]
+    rank: int
+    score_time_s: float
+    accuracy: float | None = None
+    transfer_time_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (non-finite scores become None)."""
+        return {
+            "name": self.name,
+            "architecture": self.architecture,
+            "num_source_classes": self.num_source_classes,
+            "rank": self.rank,
+            "scores": {k: _finite_or_none(v) for k, v in self.scores.items()},
+            "ranks": dict(self.ranks),
+            "score_time_s": self.score_time_s,
+            "accuracy": self.accuracy,
+            "transfer_time_s": self.transfer_time_s,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class RankResult:
+    """Models ranked for one target task.
+
+    Attributes:
+      task: a description of the target task (name, dataset, classes, sizes, seed).
+      metric: the score the rows are ranked by.
+      rows: one `RankRow` per model, best first.
+      verify: ``{"method", "epochs"}`` of the transfer runs, or None without verify.
+      correlations: per score, its `Correlation` with the transfer accuracy (verify
+        only, else None).
+      score_time_s: seconds spent scoring all models (forward passes + scores).
+    """
+
+    task: Mapping[str, Any]
+    metric: str
+    rows: tuple[RankRow, ...]
+    verify: Mapping[str, Any] | None = None
+    correlations: Mapping[str, Correlation] | None = None
+    score_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready Python values."""
+        correlations = None
+        if self.correlations is not None:
+            correlations = {k: dataclasses.asdict(v) for k, v in self.correlations.items()}
+        return {
+            "task": dict(self.task),
+            "metric": self.metric,
+            "models": [row.to_dict() for row in self.rows],
+            "verify": None if self.verify is None else dict(self.verify),
+            "correlations": correlations,
+            "score_time_s": self.score_time_s,
+        }
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """One JSON object (strict: no NaN or Infinity; undefined values are null)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def format_table(self) -> str:
+        """A human-readable ranked table (and correlations, with verify)."""
+        task = self.task
+        classes = ",".join(map(str, task.get("classes", ()))) or "?"
+        lines = [
+            f"Target task {task.get('name', '?')}: {task.get('dataset', '?')} classes "
+            f"{classes} ({task['num_classes']} classes, {task['num_train']} train / "
+            f"{task['num_test']} test examples)",
+            f"{len(self.rows)} source models ranked by {SCORE_LABELS[self.metric]} "
+            "(rank 1 = predicted best transfer)",
+            "",
+        ]
+        header = ["rank", "model", "arch", "Z"] + [SCORE_LABELS[s] for s in SCORE_NAMES]
+        header.append("score s")
+        if self.verify is not None:
+            header += ["accuracy", f"{self.verify['method'].replace('_', '-')} s"]
+        table = [header]
+        for row in self.rows:
+            cells = [str(row.rank), row.name, row.architecture, str(row.num_source_classes)]
+            cells += [_fmt(row.scores[s], 4) for s in SCORE_NAMES]
+            cells.append(f"{row.score_time_s:.2f}")
+            if self.verify is not None:
+                cells += [_fmt(row.accuracy, 4), _fmt(row.transfer_time_s, 1)]
+            table.append(cells)
+        lines += _align(table, left={1, 2})
+        lines += [
+            "",
+            f"Scoring took {self.score_time_s:.1f} s in all: one forward pass of the "
+            f"{task['num_train']} training examples per model, LEEP and NCE from the "
+            "logits, H-score from the features.",
+        ]
+        if self.verify is not None and self.correlations is not None:
+            total_transfer = sum(r.transfer_time_s or 0.0 for r in self.rows)
+            lines += [
+                f"Verification: {self.verify['method'].replace('_', '-')} of every model "
+                f"({self.verify['epochs']} epochs) took {total_transfer:.1f} s; "
+                "accuracy on the target test set.",
+                "",
+                "Rank correlation of each score with the accuracy:",
+            ]
+            corr = [["score", "Kendall tau", "p-value", "weighted tau"]]
+            for name in SCORE_NAMES:
+                c = self.correlations[name]
+                corr.append(
+                    [
+                        SCORE_LABELS[name],
+                        _fmt(c.kendall_tau, 3),
+                        _fmt(c.kendall_p, 3),
+                        _fmt(c.weighted_tau, 3),
+                    ]
+                )
+            lines += _align(corr, left={0})
+        return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def _align(table: list[list[str]], *, left: set[int]) -> list[str]:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.ljust(width) if i in left else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def _ranks(values: Sequence[float]) -> list[int]:
+    """Rank 1 for the highest value; ties share the best rank; NaN ranks last."""
+    keyed = np.asarray([v if math.isfinite(v) else -np.inf for v in values], np.float64)
+    return [int(r) for r in scipy.stats.rankdata(-keyed, method="min")]
+
+
+def _task_info(task: Task, view: _TaskView) -> dict[str, Any]:
+    classes = getattr(task, "classes", None)
+    return {
+        "name": getattr(task, "name", None),
+        "dataset": getattr(task, "dataset", None),
+        "classes": None if classes is None else [int(c) for c in classes],
+        "num_classes": int(task.num_classes),
+        "num_train": int(view.train_labels.shape[0]),
+        "num_test": int(view.test_labels.shape[0]),
+        "seed": getattr(task, "seed", None),
+    }
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskView:
+    """A task's arrays read once (TargetTask gathers images on every access)."""
+
+    num_classes: int
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+    @classmethod
+    def of(cls, task: Task) -> _TaskView:
+        return cls(
+            int(task.num_classes),
+            np.asarray(task.train_images),
+            np.asarray(task.train_labels, np.int32),
+            np.asarray(task.test_images),
+            np.asarray(task.test_labels, np.int32),
+        )
+
+    def with_channels(self, in_channels: int) -> _TaskView:
+        return dataclasses.replace(
+            self,
+            train_images=match_channels(self.train_images, in_channels),
+            test_images=match_channels(self.test_images, in_channels),
+        )
+
+
+def rank_models(
+    models: Mapping[str, nnx.Module],
+    task: Task,
+    *,
+    metric: ScoreName = "leep",
+    verify: bool = False,
+    verify_method: VerifyMethod = "fine_tune",
+    verify_epochs: int = 10,
+    batch_size: int = 256,
+    seed: int = 0,
+    match_input_channels: bool = True,
+    progress: bool = False,
+) -> RankResult:
+    """Scores every model on the task's training set and ranks them.
+
+    Each model's target training images go through it once (`model_outputs`); LEEP and
+    NCE come from its logits and H-score from its features (`score_outputs`).
+
+    Args:
+      models: name -> source model (`leep_jax.models` contract). Models are put in
+        eval mode; their parameters are never changed (verify trains copies).
+      task: the target task (`leep_jax.data.TargetTask` or the same attributes).
+      metric: the score to rank by: ``"leep"``, ``"nce"`` or ``"h_score"``.
+      verify: also transfer every model to the task and correlate scores with the
+        test accuracy reached.
+      verify_method: ``"fine_tune"`` (all layers) or ``"retrain_head"`` (linear probe).
+      verify_epochs: epochs of each transfer run.
+      batch_size: images per forward call when scoring.
+      seed: seeds the transfer runs.
+      match_input_channels: give each model the task's images in its own channel
+        count (``model.in_channels``; grey <-> RGB by `match_channels`), so grey
+        targets rank RGB models and vice versa.
+      progress: show tqdm progress bars (on stderr).
+
+    Returns:
+      The `RankResult`, rows best first.
+
+    Raises:
+      ValueError: no models, an unknown metric or verify method, a model that rejects
+        the task's images (e.g. another channel count), or a bad task.
+    """
+    if not models:
+        raise ValueError("no models to rank")
+    if metric not in SCORE_NAMES:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(SCORE_NAMES)}")
+    if verify and verify_method not in VERIFY_METHODS:
+        raise ValueError(
+            f"unknown verify method {verify_method!r}; expected one of {', '.join(VERIFY_METHODS)}"
+        )
+    num_classes = int(task.num_classes)
+    # TargetTask gathers images on every access: read them once (per channel count).
+    views = {None: _TaskView.of(task)}
+
+    def view_for(name: str) -> _TaskView:
+        in_channels = getattr(models[name], "in_channels", None) if match_input_channels else None
+        if in_channels not in views:
+            try:
+                views[in_channels] = views[None].with_channels(in_channels)
+            except ValueError as error:
+                raise ValueError(f"model {name!r}: {error}") from error
+        return views[in_channels]
+
+    names = list(models)
+    scores, times, widths = {}, {}, {}
+    for name in tqdm(names, desc="scoring", unit="model", disable=not progress):
+        view = view_for(name)
+        start = time.perf_counter()
+        try:
+            logits, features = model_outputs(models[name], view.train_images, batch_size=batch_size)
+        except ValueError as error:
+            raise ValueError(f"model {name!r}: {error}") from error
+        scores[name] = score_outputs(logits, features, view.train_labels, num_classes)
+        times[name] = time.perf_counter() - start
+        widths[name] = int(logits.shape[1])
+
+    accuracies: dict[str, float] = {}
+    transfer_times: dict[str, float] = {}
+    if verify:
+        transfer = fine_tune if verify_method == "fine_tune" else retrain_head
+        bar = tqdm(names, desc=verify_method.replace("_", "-"), unit="model", disable=not progress)
+        for name in bar:
+            outcome = transfer(
+                models[name], view_for(name), epochs=verify_epochs, seed=seed, progress=progress
+            )
+            accuracies[name] = outcome.test_accuracy
+            transfer_times[name] = outcome.wall_time_s
+
+    ranks = {
+        s: dict(zip(names, _ranks([scores[n][s] for n in names]), strict=True)) for s in SCORE_NAMES
+    }
+    rows = [
+        RankRow(
+            name=name,
+            architecture=getattr(models[name], "name", type(models[name]).__name__),
+            num_source_classes=widths[name],
+            scores=scores[name],
+            ranks={s: ranks[s][name] for s in SCORE_NAMES},
+            rank=ranks[metric][name],
+            score_time_s=times[name],
+            accuracy=accuracies.get(name),
+            transfer_time_s=transfer_times.get(name),
+        )
+        for name in names
+    ]
+    rows.sort(key=lambda row: (row.rank, row.name))
+    correlations = None
+    if verify:
+        accuracy_list = [accuracies[n] for n in names]
+        correlations = {
+            s: Correlation.between([scores[n][s] for n in names], accuracy_list)
+            for s in SCORE_NAMES
+        }
+    return RankResult(
+        task=_task_info(task, views[None]),
+        metric=metric,
+        rows=tuple(rows),
+        verify={"method": verify_method, "epochs": verify_epochs} if verify else None,
+        correlations=correlations,
+        score_time_s=float(sum(times.values())),
+    )
