@@ -276,13 +276,9 @@ def test_psum_merges_states_across_8_devices():
             "joint": joint.compute(js),
         }
 
-    # check_vma=False: the CPU row loop of leep_jax.scores._ops starts its loop carry
-    # from unvarying zeros, which shard_map's varying-axes check rejects.
-    got = jax.jit(
-        jax.shard_map(
-            per_device, mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P(), check_vma=False
-        )
-    )(*arrays)
+    got = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=jax.P("data"), out_specs=jax.P()))(
+        *arrays
+    )
     assert_scores_close(got, {k: v for k, v in expected.items() if k != "leep_logits"})
 
 

@@ -75,7 +75,8 @@ def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array
         value = jax.lax.dynamic_index_in_dim(values, i, 0, keepdims=False)
         return out.at[i].set(row_fn(row, value))
 
-    out = jnp.zeros(labels.shape, table.dtype)
+    # zeros_like keeps the labels' varying mesh axes, so the loop works in shard_map.
+    out = jnp.zeros_like(labels, dtype=table.dtype)
     return jax.lax.fori_loop(0, labels.shape[0], body, out)
 
 

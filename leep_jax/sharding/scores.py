@@ -106,12 +106,7 @@ def _sharded_scores(
             axis=axis_names_of(axis_name),
         )
 
-    # check_vma=False: the CPU row loop in leep_jax.scores._ops starts its fori_loop
-    # carry from an unvarying zeros array, which the varying-axes check rejects.
-    # Every output is a psum, so replication (out_specs P()) holds regardless.
-    return jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=jax.P(), check_vma=False)(
-        *arrays
-    )
+    return jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=jax.P())(*arrays)
 
 
 def _check_metrics(metrics) -> tuple[str, ...]:

@@ -12,6 +12,7 @@ from leep_jax.streaming.accumulators import (
     nce,
 )
 from leep_jax.scores.h_score import HScoreSums
+from leep_jax.streaming.score_model import score_model
 
 __all__ = [
     "Accumulator",
@@ -24,4 +25,5 @@ __all__ = [
     "joint",
     "log_eep",
     "nce",
+    "score_model",
 ]
