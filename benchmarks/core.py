@@ -1,0 +1,399 @@
+"""core: LEEP, NCE and H-score throughput against a NumPy peer and a memory-read floor.
+
+For every ``(N, Z, Y, dtype)`` of the grid, each score is jitted for the device-resident
+inputs and timed (compile apart, warm-up, median of at least five runs), next to
+
+* the NumPy peer implementation (:mod:`benchmarks.peers`) on the same float32 values,
+  run in the same process; bfloat16 rows have no peer of their own (NumPy has no
+  bfloat16 arithmetic) and compare their value with the float32 peer's;
+* a memory floor: two jitted ``jnp.sum`` passes over the same input array, the least
+  any exact two-pass LEEP can cost.
+
+For H-score the ``[N, Z]`` input is a feature array of width ``D = Z``.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import leep_jax
+from benchmarks import harness, peers
+
+NAME = "core"
+SCORES = ("leep", "nce", "h_score")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+HEADLINE = {"n": 200_000, "z": 1000, "y": 1000}
+_CHUNK_ROWS = 1 << 15
+
+
+def _grid(config: harness.Config):
+    """``(ns, zs, ys, dtypes, headline)`` for this mode; headline is an extra LEEP size."""
+    return config.pick(
+        full=([10_000, 100_000, 1_000_000], [10, 1000], [2, 100, 1000], list(DTYPES), HEADLINE),
+        quick=([10_000, 100_000], [10, 1000], [2, 1000], list(DTYPES), None),
+        tiny=([2_000], [10, 64], [2, 20], list(DTYPES), None),
+    )
+
+
+def _flop_limit(config: harness.Config) -> float:
+    """Work above which a baseline (or CPU H-score) is skipped to bound the suite's time.
+
+    N * Y * Z multiply-adds for the peer's dense matmul, N * D^2 for the covariances.
+    On an accelerator the NumPy peers still run on the host CPU, where they would take
+    most of the suite's few minutes: they get a tenth of the budget there (the
+    headline size always runs).
+    """
+    limit = config.pick(full=2.5e11, quick=2e10, tiny=1e12)
+    return limit if jax.default_backend() == "cpu" else limit / 10
+
+
+def prediction_chunks(n: int, z: int, seed: int):
+    """Yields ``f32[rows, z]`` probability rows, ``n`` rows in all.
+
+    Rows are ``u**4`` normalised, ``u`` uniform: a spread of peaked and flat rows, and
+    cheap to draw (timings do not depend on the values).
+    """
+    rng = np.random.default_rng(seed)
+    for start in range(0, n, _CHUNK_ROWS):
+        rows = rng.random((min(_CHUNK_ROWS, n - start), z), dtype=np.float32)
+        rows *= rows
+        rows *= rows
+        rows /= rows.sum(axis=1, keepdims=True)
+        yield rows
+
+
+def make_predictions(n: int, z: int, seed: int) -> np.ndarray:
+    """``f32[n, z]`` predictions from :func:`prediction_chunks`."""
+    out = np.empty((n, z), np.float32)
+    start = 0
+    for chunk in prediction_chunks(n, z, seed):
+        out[start : start + len(chunk)] = chunk
+        start += len(chunk)
+    return out
+
+
+def make_noise(n: int, d: int, seed: int) -> np.ndarray:
+    """``f32[n, d]`` centred uniform noise, drawn in chunks."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, d), np.float32)
+    for start in range(0, n, _CHUNK_ROWS):
+        rows = out[start : start + _CHUNK_ROWS]
+        rows[...] = rng.random(rows.shape, dtype=np.float32)
+        rows -= 0.5
+    return out
+
+
+def make_features(labels: np.ndarray, d: int, num_classes: int, seed: int) -> np.ndarray:
+    """``f32[n, d]`` noise plus a class-dependent mean: a full-rank covariance."""
+    class_means = 0.3 * np.random.default_rng(seed + 1).standard_normal((num_classes, d))
+    features = make_noise(len(labels), d, seed)
+    for start in range(0, len(labels), _CHUNK_ROWS):
+        rows = labels[start : start + _CHUNK_ROWS]
+        features[start : start + len(rows)] += class_means[rows].astype(np.float32)
+    return features
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _add_class_means(noise, labels, class_means, dtype):
+    """Device-side :func:`make_features` from shared noise (one draw serves every Y)."""
+    return (noise + class_means[labels]).astype(dtype)
+
+
+def _floor(values: jax.Array) -> harness.Timing:
+    """Two reads of ``values``: two calls of one jitted sum (two calls, so XLA can't CSE)."""
+    total = jax.jit(lambda v: jnp.sum(v, dtype=jnp.float32)).lower(values).compile()
+    return harness.time_calls(lambda: jax.block_until_ready((total(values), total(values))))
+
+
+def _score_fn(score: str, num_classes: int):
+    fn = {"leep": leep_jax.leep, "nce": leep_jax.nce, "h_score": leep_jax.h_score}[score]
+    return lambda values, labels: fn(values, labels, num_classes, validate_inputs=False)
+
+
+_PEERS = {"leep": peers.leep, "nce": peers.nce, "h_score": peers.h_score}
+
+
+def _measure(
+    score: str,
+    values: jax.Array,
+    labels: jax.Array,
+    num_classes: int,
+    floor: harness.Timing,
+    peer_values: np.ndarray | None,
+    peer_skip: str | None,
+    config: harness.Config,
+) -> dict[str, Any]:
+    n, width = values.shape
+    jax_timing = harness.time_jitted(_score_fn(score, num_classes), (values, labels))
+    input_bytes = values.size * values.dtype.itemsize + labels.size * labels.dtype.itemsize
+    row: dict[str, Any] = {
+        "jax": jax_timing.as_dict(),
+        "value": float(jax_timing.result),
+        "examples_per_s": n / jax_timing.median_s,
+        "gb_per_s": input_bytes / jax_timing.median_s / 1e9,
+        "input_bytes": input_bytes,
+        "floor": floor.as_dict(),
+        "time_over_floor": jax_timing.median_s / floor.median_s,
+    }
+    if peer_skip is not None:
+        row["peer_skipped"] = peer_skip
+        return row
+    host_labels = np.asarray(labels)
+    peer = harness.time_calls(
+        lambda: _PEERS[score](peer_values, host_labels, num_classes),
+        warmup=False,
+        max_seconds=config.pick(full=30.0, quick=5.0, tiny=5.0),
+    )
+    row["peer"] = {**peer.as_dict(), "n_runs": len(peer.runs_s), "value": peer.result}
+    row["speedup_vs_peer"] = peer.median_s / jax_timing.median_s
+    row["abs_diff_vs_peer"] = abs(row["value"] - peer.result)
+    row["rel_diff_vs_peer"] = row["abs_diff_vs_peer"] / max(abs(peer.result), 1e-30)
+    return row
+
+
+def _skip_reason(
+    config: harness.Config, *, work: float, memory: float, what: str, always: bool = False
+) -> str | None:
+    if memory > config.memory_budget_gb * 1e9:
+        return (
+            f"{what} skipped: working set ~{harness.fmt_bytes(memory)} over the "
+            f"{config.memory_budget_gb:g} GB budget"
+        )
+    if work > _flop_limit(config) and not always:
+        return f"{what} skipped: {work:.2g} multiply-adds over the time budget"
+    return None
+
+
+def _peer_memory(score: str, n: int, width: int, num_classes: int) -> float:
+    """Bytes the peer allocates beyond its input (dense [n, Y], masked copies, float64)."""
+    if score == "leep":
+        return n * num_classes * 4 + n * width * 4 / num_classes
+    if score == "nce":
+        return n * 8 + n * 4
+    return n * width * (8 + 4 + 8)  # float64 copies in np.cov, class means
+
+
+def _peer_work(score: str, n: int, width: int, num_classes: int) -> float:
+    return {"leep": n * width * num_classes, "nce": n * width, "h_score": 2 * n * width**2}[score]
+
+
+def run(config: harness.Config) -> dict[str, Any]:
+    ns, zs, ys, dtypes, headline = _grid(config)
+    info = harness.machine()
+    on_cpu = jax.default_backend() == "cpu"
+    sizes = [(n, z, ys) for z in zs for n in ns]
+    if headline is not None:
+        sizes.append((headline["n"], headline["z"], [headline["y"]]))
+    rows: list[dict[str, Any]] = []
+    for n, z, y_values in sizes:
+        input_bytes = n * z * 4
+        if input_bytes > config.memory_budget_gb * 1e9:
+            reason = f"input {harness.fmt_bytes(input_bytes)} over the budget"
+            for dtype in dtypes:
+                for y in y_values:
+                    for score in SCORES:
+                        rows.append(dict(score=score, n=n, z=z, y=y, dtype=dtype, skipped=reason))
+            continue
+        print(f"[core] N={n:,} Z={z}: generating inputs", flush=True)
+        host = make_predictions(n, z, seed=n + z)
+        predictions32 = jax.device_put(host)
+        del host
+        peer_predictions = np.asarray(predictions32)  # zero-copy view on CPU
+        h_score_skip = on_cpu and _skip_reason(
+            config, work=n * z * z, memory=0, what="H-score (jax and NumPy)"
+        )
+        noise = None if h_score_skip else jax.device_put(make_noise(n, z, seed=n + z + 1))
+        peer_values_by_key: dict[tuple, float] = {}
+        for dtype in dtypes:
+            predictions = (
+                predictions32
+                if dtype == "float32"
+                else jax.jit(lambda p, dt=DTYPES[dtype]: p.astype(dt))(predictions32)
+            )
+            harness.peak_rss_reset()
+            floor = _floor(predictions)
+            for y in y_values:
+                labels_host = np.random.default_rng(n + y).integers(0, y, n).astype(np.int32)
+                labels = jax.device_put(labels_host)
+                for score in SCORES:
+                    base = dict(score=score, n=n, z=z, y=y, dtype=dtype)
+                    values, score_floor, peer_values = predictions, floor, peer_predictions
+                    if score == "h_score":
+                        if h_score_skip:
+                            rows.append({**base, "skipped": h_score_skip})
+                            continue
+                        class_means = 0.3 * np.random.default_rng(y).standard_normal((y, z))
+                        class_means = jax.device_put(class_means.astype(np.float32))
+                        features32 = _add_class_means(noise, labels, class_means, jnp.float32)
+                        values = features32.astype(DTYPES[dtype])
+                        peer_values = np.asarray(features32) if dtype == "float32" else None
+                        del features32
+                        score_floor = _floor(values)
+                    peer_skip = (
+                        f"vs the float32 NumPy peer (NumPy has no {dtype})"
+                        if dtype != "float32"
+                        else _skip_reason(
+                            config,
+                            work=_peer_work(score, n, z, y),
+                            memory=n * z * 4 + _peer_memory(score, n, z, y),
+                            what="NumPy peer",
+                            always=_is_headline(headline, n, z, y),
+                        )
+                    )
+                    print(f"[core] {score} N={n:,} Z={z} Y={y} {dtype}", flush=True)
+                    row = {
+                        **base,
+                        **_measure(
+                            score, values, labels, y, score_floor, peer_values, peer_skip, config
+                        ),
+                    }
+                    key = (score, n, z, y)
+                    if "peer" in row:
+                        peer_values_by_key[key] = row["peer"]["value"]
+                    elif key in peer_values_by_key:
+                        row["abs_diff_vs_float32_peer"] = abs(
+                            row["value"] - peer_values_by_key[key]
+                        )
+                    row["peak_rss_mb"] = harness.peak_rss_mb()
+                    rows.append(row)
+                    del values, peer_values
+                    gc.collect()
+            del predictions
+            gc.collect()
+        del predictions32, peer_predictions, noise
+        gc.collect()
+
+        _write(config, info, rows, headline, final=False)  # partial results survive a kill
+
+    return _write(config, info, rows, headline, final=True)
+
+
+def _write(config, info, rows, headline, *, final: bool) -> dict[str, Any]:
+    summary = _summary(rows, headline)
+    payload = {
+        "machine": info,
+        "complete": final,
+        "rows": rows,
+        "summary": summary,
+        "flop_limit": _flop_limit(config),
+        "memory_budget_gb": config.memory_budget_gb,
+    }
+    markdown = _markdown(rows, info, summary, config)
+    if not final:
+        markdown = markdown.replace("\n", "\n\n(partial: the run has not finished)\n", 1)
+    harness.write_result(config, NAME, payload, markdown)
+    if final or "leep_speedup_vs_numpy" in summary:
+        harness.update_summary(config, NAME, {**summary, "machine": info})
+    return summary
+
+
+def _is_headline(headline, n, z, y) -> bool:
+    return headline is not None and (n, z, y) == (headline["n"], headline["z"], headline["y"])
+
+
+def _headline_row(rows, headline):
+    leep_rows = [
+        r for r in rows if r["score"] == "leep" and r["dtype"] == "float32" and "peer" in r
+    ]
+    if headline is not None:
+        leep_rows = [
+            r
+            for r in leep_rows
+            if (r["n"], r["z"], r["y"]) == (headline["n"], headline["z"], headline["y"])
+        ]
+    # Otherwise (quick, tiny): the largest size with a peer.
+    return max(leep_rows, key=lambda r: (r["n"] * r["z"] * r["y"], r["n"]), default=None)
+
+
+def _summary(rows, headline) -> dict[str, Any]:
+    row = _headline_row(rows, headline)
+    if row is None:
+        return {"note": "no float32 LEEP row with a NumPy peer was measured"}
+    return {
+        "leep_speedup_vs_numpy": row["speedup_vs_peer"],
+        "leep_time_over_two_read_floor": row["time_over_floor"],
+        "leep_seconds": row["jax"]["median_s"],
+        "numpy_peer_seconds": row["peer"]["median_s"],
+        "two_read_floor_seconds": row["floor"]["median_s"],
+        "leep_abs_diff_vs_numpy": row["abs_diff_vs_peer"],
+        "at": {"n": row["n"], "z": row["z"], "y": row["y"], "dtype": row["dtype"]},
+        "targets": {"leep_speedup_vs_numpy": ">= 20", "leep_time_over_two_read_floor": "<= 4"},
+    }
+
+
+def _markdown(rows, info, summary, config) -> str:
+    headers = [
+        "score",
+        "N",
+        "Z (D)",
+        "Y",
+        "dtype",
+        "compile s",
+        "jax ms",
+        "M examples/s",
+        "GB/s",
+        "2-read floor ms",
+        "jax / floor",
+        "NumPy ms",
+        "speedup",
+        "abs diff",
+        "peak RSS MB",
+        "note",
+    ]
+    table = []
+    for r in rows:
+        common = [r["score"], f"{r['n']:,}", r["z"], r["y"], r["dtype"]]
+        if "skipped" in r:
+            table.append(common + [None] * 10 + [r["skipped"]])
+            continue
+        peer = r.get("peer")
+        note = r.get("peer_skipped", "")
+        if peer and peer["n_runs"] < harness.MIN_REPEATS:
+            note = f"NumPy: {peer['n_runs']} run (slow)"
+        diff = r.get("abs_diff_vs_peer", r.get("abs_diff_vs_float32_peer"))
+        table.append(
+            common
+            + [
+                r["jax"]["compile_s"],
+                r["jax"]["median_s"] * 1e3,
+                r["examples_per_s"] / 1e6,
+                r["gb_per_s"],
+                r["floor"]["median_s"] * 1e3,
+                r["time_over_floor"],
+                peer["median_s"] * 1e3 if peer else None,
+                r.get("speedup_vs_peer"),
+                f"{diff:.2e}" if diff is not None else None,
+                round(r["peak_rss_mb"]) if r.get("peak_rss_mb") else None,
+                note,
+            ]
+        )
+    lines = [
+        f"# core ({config.mode})",
+        "",
+        f"Machine: {harness.machine_line(info)}.",
+        "",
+        "Median of at least 5 runs after a warm-up, inputs on the device, compile timed "
+        "apart; `GB/s` is input bytes (values + labels) over the median time; the floor is "
+        "two jitted `jnp.sum` passes over the same input; `speedup` is NumPy peer time over "
+        "jax time (float32 peer, same process); `abs diff` is |jax - NumPy| of the score "
+        "(bfloat16 rows: against the float32 peer, so it includes the bfloat16 rounding of "
+        "the inputs). `peak RSS MB` is the process high-water mark since this (N, Z, dtype) "
+        "started.",
+        "",
+    ]
+    if "leep_speedup_vs_numpy" in summary:
+        at = summary["at"]
+        lines += [
+            f"Headline (LEEP, N={at['n']:,}, Z={at['z']}, Y={at['y']}, {at['dtype']}): "
+            f"{summary['leep_speedup_vs_numpy']:.1f}x faster than NumPy (target >= 20), "
+            f"{summary['leep_time_over_two_read_floor']:.2f}x the two-read floor "
+            f"(target <= 4).",
+            "",
+        ]
+    return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The whole benchmark suite on one GPU (H100 or H200) in at most 6 minutes, offline.
+#
+#   bash benchmarks/gpu.sh            # GPU sizes; results in benchmarks/results/<h100|h200>/
+#   bash benchmarks/gpu.sh --tiny     # smoke sizes (runs on a CPU-only machine too)
+#
+# Uses only what the GPU machine has (jax with CUDA, flax, optax, orbax, numpy, scipy):
+# leep-jax is installed with `pip install --no-deps -e .`, or put on PYTHONPATH when the
+# offline install cannot build. FashionMNIST is read from $LEEP_JAX_DATA_DIR, else from a
+# copy of /usr/share/datasets/fashion-mnist carried in benchmarks/.data/fashion-mnist,
+# else from the system folder; score_vs_finetune falls back to scikit-learn's digits,
+# and zoo to random images, when it is missing.
+#
+# Each benchmark runs in its own process under its own time limit (they add up to 350 s),
+# so one that overruns loses only itself; core writes partial results as it goes. If $OUT
+# is set (the device runner's output folder), the results folder is copied there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+MODE_ARGS=()
+SUFFIX=""
+if [[ "${1:-}" == "--tiny" ]]; then MODE_ARGS=(--tiny); SUFFIX="-tiny"; shift; fi
+
+# Allocate GPU memory on demand: the suite starts child processes that use the GPU too.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+if [[ -z "${LEEP_JAX_DATA_DIR:-}" && -d benchmarks/.data/fashion-mnist ]]; then
+  export LEEP_JAX_DATA_DIR="$PWD/benchmarks/.data"
+fi
+
+if ! "$PY" -c "import leep_jax" >/dev/null 2>&1; then
+  "$PY" -m pip install --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+    || "$PY" -m pip install --no-deps -e . >/dev/null 2>&1 \
+    || echo "gpu.sh: pip install -e . failed offline; using PYTHONPATH"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# What this machine has, and the matmul precision every number was measured under.
+INVENTORY=$(mktemp)
+LABEL=$("$PY" - 2>"$INVENTORY" <<'EOF'
+import importlib, sys
+import jax
+from benchmarks.harness import device_label
+print(f"jax {jax.__version__}, devices {jax.devices()}", file=sys.stderr)
+print(f"default matmul precision: {jax.config.jax_default_matmul_precision} (None = backend "
+      "default: TF32 for float32 matmuls and convolutions on NVIDIA GPUs since Ampere; "
+      "H-score asks for Precision.HIGHEST, LEEP and NCE use no matmul)", file=sys.stderr)
+for name in ("flax", "optax", "orbax.checkpoint", "numpy", "scipy", "tqdm", "sklearn"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name} {getattr(module, '__version__', '')}", file=sys.stderr)
+    except ImportError as error:
+        print(f"  {name}: MISSING ({error})", file=sys.stderr)
+print(device_label())
+EOF
+)
+RESULTS="benchmarks/results/${LABEL}${SUFFIX}"
+mkdir -p "$RESULTS"
+LOG="$RESULTS/gpu-run.log"
+{ echo "gpu.sh $(date -u +%FT%TZ): results in $RESULTS"; cat "$INVENTORY"; } | tee "$LOG"
+rm -f "$INVENTORY"
+
+status=0
+for entry in core:140 score_vs_finetune:75 zoo:45 devices:40 memory:50; do
+  name=${entry%%:*}
+  limit=${entry##*:}
+  [[ -n "$SUFFIX" ]] && limit=600  # smoke sizes on any machine: no GPU time limits
+  start=$(date +%s)
+  timeout --signal=INT --kill-after=10 "$limit" \
+    "$PY" -m benchmarks --only "$name" --out "$RESULTS" "${MODE_ARGS[@]}" "$@" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+    echo "gpu.sh: $name hit its ${limit} s limit (partial or no results)" | tee -a "$LOG"
+    status=1
+  elif [[ $rc -ne 0 ]]; then
+    echo "gpu.sh: $name failed (exit $rc)" | tee -a "$LOG"
+    status=1
+  fi
+  echo "gpu.sh: $name took $(( $(date +%s) - start )) s" | tee -a "$LOG"
+done
+
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT/results" && cp -r "$RESULTS" "$OUT/results/"
+fi
+exit $status
