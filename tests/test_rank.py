@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import scipy.stats
@@ -16,6 +17,7 @@ from leep_jax.data import fashion_mnist
 from leep_jax.experiments import rank
 from leep_jax.models import build_model, forward
 from leep_jax.scores import h_score, leep, nce
+from leep_jax.transfer.zoo import load_zoo, tiny_zoo
 
 NUM_TRAIN_PER_CLASS = 12
 
@@ -77,17 +79,8 @@ def test_match_channels():
     assert rank.match_channels(grey, 1) is grey
 
 
-def test_model_outputs_equal_one_unbatched_forward(task, models):
-    images = task.train_images
-    model = models["cnn-z10-s1"]
-    # 36 images in batches of 7: five full batches and a padded one.
-    logits, features = rank.model_outputs(model, images, batch_size=7)
-    expected_logits, expected_features = forward(model, images.astype(np.float32) / 255)
-    np.testing.assert_allclose(logits, expected_logits, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(features, expected_features, rtol=1e-5, atol=1e-5)
-
-
 def test_rank_models_scores_and_ranks(task, models):
+    # 36 images in batches of 16: the last batch is padded.
     result = rank.rank_models(models, task, batch_size=16)
     assert [row.rank for row in result.rows] == [1, 2, 3]
     assert result.metric == "leep" and result.correlations is None
@@ -113,28 +106,37 @@ def test_rank_models_scores_and_ranks(task, models):
             assert row.ranks[name] == 1 + sum(v > values[row.name] for v in values.values())
 
 
-def test_rank_models_by_another_metric(task, models):
-    result = rank.rank_models(models, task, metric="h_score")
+def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch):
+    """Every training image goes through each model exactly once, for all three scores
+    (here ranked by H-score: the metric changes the order, not the work)."""
+    rows_seen = {}
+    make_apply_fn = rank.source_apply_fn
+
+    def counting_apply_fn(model):
+        apply = make_apply_fn(model)
+
+        def counted(images):
+            # Runs on every execution of the compiled step, not only when tracing.
+            jax.debug.callback(
+                lambda rows: rows_seen.setdefault(id(model), []).append(int(rows)),
+                images.shape[0],
+            )
+            return apply(images)
+
+        return counted
+
+    monkeypatch.setattr(rank, "source_apply_fn", counting_apply_fn)
+    n, batch_size = task.train_labels.shape[0], 10
+    result = rank.rank_models(models, task, metric="h_score", batch_size=batch_size)
+    jax.effects_barrier()
+    assert len(result.rows) == len(models)
+    assert set(rows_seen) == {id(model) for model in models.values()}
+    for rows in rows_seen.values():
+        # ceil(n / batch_size) calls; the ragged last batch is padded, not re-run.
+        assert rows == [batch_size] * math.ceil(n / batch_size)
     h_scores = [row.scores["h_score"] for row in result.rows]
     assert h_scores == sorted(h_scores, reverse=True)
     assert [row.rank for row in result.rows] == [row.ranks["h_score"] for row in result.rows]
-
-
-def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch):
-    """Every training image goes through each model exactly once, for all three scores."""
-    calls = []
-    compiled_forward = rank._forward_batch
-
-    def counting_forward_batch(graphdef, state, images):
-        calls.append(images.shape[0])
-        return compiled_forward(graphdef, state, images)
-
-    monkeypatch.setattr(rank, "_forward_batch", counting_forward_batch)
-    n, batch_size = task.train_labels.shape[0], 10
-    result = rank.rank_models(models, task, batch_size=batch_size)
-    assert len(result.rows) == len(models)
-    assert len(calls) == len(models) * math.ceil(n / batch_size)
-    assert calls == [batch_size] * len(calls)  # the ragged last batch is padded, not re-run
 
 
 def test_rank_models_verify_correlations(task, models):
@@ -197,8 +199,12 @@ TINY_ARGS = ["--zoo", "tiny", "--classes", "0,3,8", "--train-per-class", "15", "
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    """One cache per module: the tiny zoo is trained by the first run, reused after."""
-    return tmp_path_factory.mktemp("leep_jax_cache")
+    """A cache holding the trained tiny zoo, shared by the module's CLI runs."""
+    path = tmp_path_factory.mktemp("leep_jax_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEEP_JAX_CACHE", str(path))
+        load_zoo(tiny_zoo())
+    return path
 
 
 @pytest.fixture
@@ -208,8 +214,6 @@ def in_cache(cache, monkeypatch):
 
 
 def tiny_names():
-    from leep_jax.transfer.zoo import tiny_zoo
-
     return [spec.name for spec in tiny_zoo()]
 
 
@@ -223,13 +227,10 @@ def test_cli_rank_prints_a_ranked_table(in_cache, capsys):
     rows = [line.split() for line in out.splitlines() if line[:4].strip().isdigit()]
     assert sorted(row[1] for row in rows) == sorted(tiny_names())
     assert sorted(int(row[0]) for row in rows) == [1, 2, 3]
-    # The zoo is cached for the next run.
-    assert all((in_cache / "models" / name).is_dir() for name in tiny_names())
+    assert err == ""  # --no-progress: nothing on stderr
 
 
 def test_cli_rank_subprocess_reuses_the_cached_zoo(cache):
-    # Trains the tiny zoo into the module cache unless an earlier test did.
-    assert main(["rank", *TINY_ARGS, "--cache-dir", str(cache), "--json"]) == 0
     stamps = {p: p.stat().st_mtime_ns for p in (cache / "models").iterdir()}
     env = {k: v for k, v in os.environ.items() if k != "LEEP_JAX_CACHE"}
     proc = subprocess.run(
@@ -246,8 +247,10 @@ def test_cli_rank_subprocess_reuses_the_cached_zoo(cache):
 
 
 def test_cli_rank_json(in_cache, capsys):
-    assert main(["rank", *TINY_ARGS, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    assert main(["rank", *TINY_ARGS, "--json", "--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "scoring" in err  # progress bars go to stderr, stdout stays one JSON object
+    result = json.loads(out)
     assert result["metric"] == "leep" and result["verify"] is None
     assert result["task"]["classes"] == [0, 3, 8] and result["task"]["num_train"] == 45
     rows = result["models"]

@@ -20,12 +20,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 import jax
@@ -33,13 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 from flax import nnx
-from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
 from leep_jax.data import dataset_num_classes, load_dataset, make_task, sample_tasks
 from leep_jax.data.tasks import TargetTask
 from leep_jax.models import forward
-from leep_jax.scores import h_score, leep, nce
+from leep_jax.streaming.score_model import score_model
 from leep_jax.transfer.methods import fine_tune, retrain_head
 
 __all__ = [
@@ -49,9 +47,9 @@ __all__ = [
     "RankRow",
     "load_target_task",
     "match_channels",
-    "model_outputs",
     "rank_models",
-    "score_outputs",
+    "score_source_model",
+    "source_apply_fn",
 ]
 
 SCORE_NAMES = ("leep", "nce", "h_score")
@@ -195,76 +193,61 @@ def load_target_task(
 # ------------------------------------------------------------------- scoring one model
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _forward_batch(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
-    # The graph definition is static, so every model of one architecture (and batch
-    # shape) shares one compiled program.
-    if images.dtype == jnp.uint8:
-        images = images.astype(jnp.float32) / 255.0
-    return forward(nnx.merge(graphdef, state), images)
+def source_apply_fn(model: nnx.Module) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
+    """``images -> (logits, features)`` of ``model`` in ONE pass, for `score_model`.
+
+    Puts ``model`` in eval mode (BatchNorm uses its running statistics, and nothing is
+    written under ``jit``). uint8 images are scaled to [0, 1] inside, so batches travel
+    to the device as bytes.
+    """
+    model.eval()
+
+    def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if images.dtype == jnp.uint8:
+            images = images.astype(jnp.float32) / 255.0
+        return forward(model, images)
+
+    return apply
 
 
-def model_outputs(
-    model: nnx.Module, images: ArrayLike, *, batch_size: int = 256
-) -> tuple[jax.Array, jax.Array]:
-    """Logits and penultimate features of every image from ONE pass through ``model``.
+def score_source_model(
+    model: nnx.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_target_classes: int,
+    *,
+    batch_size: int = 256,
+) -> dict[str, float | int]:
+    """LEEP, NCE and H-score of one model from one forward pass over ``images``.
 
-    Puts ``model`` in eval mode (BatchNorm uses its running statistics). Every batch has
-    ``batch_size`` rows, so one program serves them all; the last is zero-padded and the
-    padding rows are dropped (eval-mode BatchNorm keeps rows independent).
+    A thin use of `leep_jax.streaming.score_model`: batches of ``batch_size`` images go
+    through the model once, in a jitted step that accumulates NCE counts, H-score sums
+    and the LEEP joint, and keeps the logits for LEEP's second (model-free) sum.
 
     Args:
       model: a source model following the `leep_jax.models` contract.
-      images: ``[n, h, w, c]`` uint8 (scaled to [0, 1]) or float images in [0, 1].
+      images: ``[n, h, w, c]`` uint8 or float images in [0, 1].
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``.
       batch_size: images per forward call.
 
     Returns:
-      ``(logits [n, num_source_classes], features [n, feature_dim])``, float32.
+      ``{"leep", "nce", "h_score"}`` floats plus ``"n"``, ``"forward_passes"`` (1) and
+      ``"seconds"``, as `score_model` returns them.
 
     Raises:
-      ValueError: on no images, a bad batch size, or images the model rejects.
+      ValueError: empty inputs, a bad batch size, or images the model rejects.
     """
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[0] == 0:
-        raise ValueError(f"images must be a non-empty [n, h, w, c] batch, got {images.shape}")
+    n = int(np.shape(labels)[0])
+    if n == 0 or np.shape(images)[0] != n:
+        raise ValueError(f"need as many images as labels (>= 1), got {np.shape(images)}, {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model.eval()
-    graphdef, state = nnx.split(model)
-    n = images.shape[0]
-    batch_size = min(batch_size, n)
-    logits, features = [], []
-    for start in range(0, n, batch_size):
-        batch = images[start : start + batch_size]
-        rows = batch.shape[0]
-        if rows < batch_size:
-            pad = np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)
-            batch = np.concatenate([batch, pad])
-        batch_logits, batch_features = _forward_batch(graphdef, state, batch)
-        logits.append(batch_logits[:rows])
-        features.append(batch_features[:rows])
-    return jnp.concatenate(logits), jnp.concatenate(features)
-
-
-def score_outputs(
-    logits: ArrayLike, features: ArrayLike, labels: ArrayLike, num_target_classes: int
-) -> dict[str, float]:
-    """LEEP and NCE from the logits, H-score from the features, of one model.
-
-    Args:
-      logits: ``[n, num_source_classes]`` source-model logits.
-      features: ``[n, feature_dim]`` penultimate features.
-      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
-      num_target_classes: ``Y``.
-
-    Returns:
-      ``{"leep": ..., "nce": ..., "h_score": ...}`` as Python floats.
-    """
-    return {
-        "leep": float(leep(logits, labels, num_target_classes, from_logits=True)),
-        "nce": float(nce(logits, labels, num_target_classes, from_logits=True)),
-        "h_score": float(h_score(features, labels, num_target_classes)),
-    }
+    batches = [
+        (images[start : start + batch_size], labels[start : start + batch_size])
+        for start in range(0, n, batch_size)
+    ]
+    return score_model(source_apply_fn(model), batches, num_target_classes, keep_predictions=True)
 
 
 # --------------------------------------------------------------------------- results
@@ -527,8 +510,8 @@ def rank_models(
 ) -> RankResult:
     """Scores every model on the task's training set and ranks them.
 
-    Each model's target training images go through it once (`model_outputs`); LEEP and
-    NCE come from its logits and H-score from its features (`score_outputs`).
+    Each model sees the target training images once (`score_source_model`): LEEP and
+    NCE come from its logits and H-score from its features.
 
     Args:
       models: name -> source model (`leep_jax.models` contract). Models are put in
@@ -580,12 +563,18 @@ def rank_models(
         view = view_for(name)
         start = time.perf_counter()
         try:
-            logits, features = model_outputs(models[name], view.train_images, batch_size=batch_size)
+            result = score_source_model(
+                models[name],
+                view.train_images,
+                view.train_labels,
+                num_classes,
+                batch_size=batch_size,
+            )
         except ValueError as error:
             raise ValueError(f"model {name!r}: {error}") from error
-        scores[name] = score_outputs(logits, features, view.train_labels, num_classes)
         times[name] = time.perf_counter() - start
-        widths[name] = int(logits.shape[1])
+        scores[name] = {s: float(result[s]) for s in SCORE_NAMES}
+        widths[name] = int(models[name].num_classes)
 
     accuracies: dict[str, float] = {}
     transfer_times: dict[str, float] = {}
