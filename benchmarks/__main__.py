@@ -37,6 +37,11 @@ def _parse(argv):
         default=12.0,
         help="skip combinations whose working set exceeds this (default 12)",
     )
+    parser.add_argument(
+        "--headline",
+        action="store_true",
+        help="core: only the headline size (to repeat it on a quiet machine)",
+    )
     return parser.parse_args(argv)
 
 
@@ -48,6 +53,7 @@ def main(argv=None) -> int:
         mode=mode,
         out_dir=args.out or harness.RESULTS_DIR / label,
         memory_budget_gb=args.memory_budget_gb,
+        headline_only=args.headline,
     )
     print(f"benchmarks ({mode}) -> {config.out_dir}", flush=True)
     print(harness.machine_line(harness.machine()), flush=True)

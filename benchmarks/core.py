@@ -9,13 +9,16 @@ inputs and timed (compile apart, warm-up, median of at least five runs), next to
 * a memory floor: two jitted ``jnp.sum`` passes over the same input array, the least
   any exact two-pass LEEP can cost.
 
-For H-score the ``[N, Z]`` input is a feature array of width ``D = Z``.
+H-score takes features, not predictions: an ``[N, D]`` array with
+``D = clip(Z, 64, 512)`` (from ResNet20's 64 to ResNet18's 512 features), because its
+``O(N D^2 + D^3)`` cost at ``D = 1000`` would take most of the suite's time on a CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import time
 from typing import Any
 
 import jax
@@ -76,6 +79,16 @@ def make_predictions(n: int, z: int, seed: int) -> np.ndarray:
         out[start : start + len(chunk)] = chunk
         start += len(chunk)
     return out
+
+
+def feature_dim(z: int) -> int:
+    """The H-score feature width benchmarked next to ``Z`` source classes."""
+    return min(max(z, 64), 512)
+
+
+def _h_score_limit(config: harness.Config) -> float:
+    """N * D^2 above which H-score (jax and NumPy) is skipped on a CPU."""
+    return config.pick(full=3e10, quick=3e9, tiny=1e12)
 
 
 def make_noise(n: int, d: int, seed: int) -> np.ndarray:
@@ -157,6 +170,40 @@ def _measure(
     return row
 
 
+def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, Any]:
+    """Where LEEP's time goes: its two sweeps and the alternatives, timed apart.
+
+    Uses the scores' internal building blocks (``leep_jax.scores``), so it tracks the
+    implementation being benchmarked: the joint's segment sum (a scatter-add), the
+    per-example term as the CPU row loop and as one gather, the cast to float32, and the
+    two-read floor.
+    """
+    from leep_jax.scores import _ops
+    from leep_jax.scores.joint import conditional, joint_sum
+    from leep_jax.scores.leep import _log_dot
+
+    accumulate = jnp.promote_types(predictions.dtype, jnp.float32)
+    table = jax.jit(lambda p, y: conditional(joint_sum(p, y, num_classes)[0]))(predictions, labels)
+    parts = {
+        "leep": _score_fn("leep", num_classes),
+        "joint (scatter-add)": lambda p, y, t: joint_sum(p, y, num_classes)[0],
+        "per-example term, row loop": lambda p, y, t: _ops._per_row_loop(
+            _log_dot, t, p.astype(accumulate), y
+        ),
+        "per-example term, gather": lambda p, y, t: _ops._per_row_gather(
+            _log_dot, t, p.astype(accumulate), y
+        ),
+    }
+    if predictions.dtype != accumulate:
+        parts[f"cast to {jnp.dtype(accumulate).name}"] = lambda p, y, t: p.astype(accumulate)
+    out: dict[str, Any] = {}
+    for name, fn in parts.items():
+        args = (predictions, labels) if name == "leep" else (predictions, labels, table)
+        out[name] = harness.time_jitted(fn, args).as_dict()
+    out["two-read floor"] = _floor(predictions).as_dict()
+    return out
+
+
 def _skip_reason(
     config: harness.Config, *, work: float, memory: float, what: str, always: bool = False
 ) -> str | None:
@@ -190,7 +237,11 @@ def run(config: harness.Config) -> dict[str, Any]:
     sizes = [(n, z, ys) for z in zs for n in ns]
     if headline is not None:
         sizes.append((headline["n"], headline["z"], [headline["y"]]))
+    if config.headline_only:
+        sizes = [(headline["n"], headline["z"], [headline["y"]])] if headline else sizes[-1:]
     rows: list[dict[str, Any]] = []
+    breakdowns: dict[str, Any] = {}
+    started = time.perf_counter()
     for n, z, y_values in sizes:
         input_bytes = n * z * 4
         if input_bytes > config.memory_budget_gb * 1e9:
@@ -205,10 +256,11 @@ def run(config: harness.Config) -> dict[str, Any]:
         predictions32 = jax.device_put(host)
         del host
         peer_predictions = np.asarray(predictions32)  # zero-copy view on CPU
-        h_score_skip = on_cpu and _skip_reason(
-            config, work=n * z * z, memory=0, what="H-score (jax and NumPy)"
-        )
-        noise = None if h_score_skip else jax.device_put(make_noise(n, z, seed=n + z + 1))
+        d = feature_dim(z)
+        h_score_skip = None
+        if on_cpu and n * d * d > _h_score_limit(config):
+            h_score_skip = f"H-score skipped: N*D^2 = {n * d * d:.2g} over the time budget"
+        noise = None if h_score_skip else jax.device_put(make_noise(n, d, seed=n + z + 1))
         peer_values_by_key: dict[tuple, float] = {}
         for dtype in dtypes:
             predictions = (
@@ -224,11 +276,13 @@ def run(config: harness.Config) -> dict[str, Any]:
                 for score in SCORES:
                     base = dict(score=score, n=n, z=z, y=y, dtype=dtype)
                     values, score_floor, peer_values = predictions, floor, peer_predictions
+                    width = z
                     if score == "h_score":
+                        base["d"] = width = d
                         if h_score_skip:
                             rows.append({**base, "skipped": h_score_skip})
                             continue
-                        class_means = 0.3 * np.random.default_rng(y).standard_normal((y, z))
+                        class_means = 0.3 * np.random.default_rng(y).standard_normal((y, d))
                         class_means = jax.device_put(class_means.astype(np.float32))
                         features32 = _add_class_means(noise, labels, class_means, jnp.float32)
                         values = features32.astype(DTYPES[dtype])
@@ -240,13 +294,17 @@ def run(config: harness.Config) -> dict[str, Any]:
                         if dtype != "float32"
                         else _skip_reason(
                             config,
-                            work=_peer_work(score, n, z, y),
-                            memory=n * z * 4 + _peer_memory(score, n, z, y),
+                            work=_peer_work(score, n, width, y),
+                            memory=n * width * 4 + _peer_memory(score, n, width, y),
                             what="NumPy peer",
                             always=_is_headline(headline, n, z, y),
                         )
                     )
-                    print(f"[core] {score} N={n:,} Z={z} Y={y} {dtype}", flush=True)
+                    print(
+                        f"[core] {score} N={n:,} {'D' if score == 'h_score' else 'Z'}={width} "
+                        f"Y={y} {dtype} ({time.perf_counter() - started:.0f} s)",
+                        flush=True,
+                    )
                     row = {
                         **base,
                         **_measure(
@@ -261,6 +319,12 @@ def run(config: harness.Config) -> dict[str, Any]:
                             row["value"] - peer_values_by_key[key]
                         )
                     row["peak_rss_mb"] = harness.peak_rss_mb()
+                    if score == "leep" and (
+                        _is_headline(headline, n, z, y)
+                        or (headline is None and (n, z, y) == (ns[-1], zs[-1], ys[-1]))
+                    ):
+                        print(f"[core] breakdown N={n:,} Z={z} Y={y} {dtype}", flush=True)
+                        breakdowns[f"N={n} Z={z} Y={y} {dtype}"] = breakdown(values, labels, y)
                     rows.append(row)
                     del values, peer_values
                     gc.collect()
@@ -269,27 +333,31 @@ def run(config: harness.Config) -> dict[str, Any]:
         del predictions32, peer_predictions, noise
         gc.collect()
 
-        _write(config, info, rows, headline, final=False)  # partial results survive a kill
+        _write(
+            config, info, rows, breakdowns, headline, final=False
+        )  # partial results survive a kill
 
-    return _write(config, info, rows, headline, final=True)
+    return _write(config, info, rows, breakdowns, headline, final=True)
 
 
-def _write(config, info, rows, headline, *, final: bool) -> dict[str, Any]:
+def _write(config, info, rows, breakdowns, headline, *, final: bool) -> dict[str, Any]:
     summary = _summary(rows, headline)
     payload = {
         "machine": info,
         "complete": final,
         "rows": rows,
+        "breakdown": breakdowns,
         "summary": summary,
         "flop_limit": _flop_limit(config),
         "memory_budget_gb": config.memory_budget_gb,
     }
-    markdown = _markdown(rows, info, summary, config)
+    markdown = _markdown(rows, info, summary, config) + _breakdown_markdown(breakdowns)
     if not final:
         markdown = markdown.replace("\n", "\n\n(partial: the run has not finished)\n", 1)
-    harness.write_result(config, NAME, payload, markdown)
+    name = f"{NAME}_headline" if config.headline_only else NAME
+    harness.write_result(config, name, payload, markdown)
     if final or "leep_speedup_vs_numpy" in summary:
-        harness.update_summary(config, NAME, {**summary, "machine": info})
+        harness.update_summary(config, NAME, {**summary, "file": f"{name}.json", "machine": info})
     return summary
 
 
@@ -331,7 +399,7 @@ def _markdown(rows, info, summary, config) -> str:
     headers = [
         "score",
         "N",
-        "Z (D)",
+        "Z (H-score: D)",
         "Y",
         "dtype",
         "compile s",
@@ -348,7 +416,8 @@ def _markdown(rows, info, summary, config) -> str:
     ]
     table = []
     for r in rows:
-        common = [r["score"], f"{r['n']:,}", r["z"], r["y"], r["dtype"]]
+        width = f"D={r['d']}" if "d" in r else r["z"]
+        common = [r["score"], f"{r['n']:,}", width, r["y"], r["dtype"]]
         if "skipped" in r:
             table.append(common + [None] * 10 + [r["skipped"]])
             continue
@@ -397,3 +466,12 @@ def _markdown(rows, info, summary, config) -> str:
             "",
         ]
     return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"
+
+
+def _breakdown_markdown(breakdowns) -> str:
+    lines = []
+    for key, parts in breakdowns.items():
+        lines += ["", f"## Where LEEP's time goes ({key})", ""]
+        table = [[name, t["median_s"] * 1e3, t.get("compile_s")] for name, t in parts.items()]
+        lines.append(harness.markdown_table(["part", "ms (median)", "compile s"], table))
+    return "\n".join(lines) + ("\n" if lines else "")

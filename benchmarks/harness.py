@@ -43,11 +43,15 @@ class Config:
         ``results/<device>-<mode>`` otherwise.
       memory_budget_gb: combinations whose working set would exceed this are skipped
         and the tables say so.
+      headline_only: core measures only its headline size (written to
+        ``core_headline.*``; the summary's core keys are updated), to repeat the
+        headline figures on a quieter machine without the whole grid.
     """
 
     mode: str
     out_dir: Path
     memory_budget_gb: float
+    headline_only: bool = False
 
     def pick(self, full, quick, tiny):
         """The value for this run's mode."""
