@@ -218,6 +218,23 @@ def test_tfds_pair_routes_to_the_tfds_loader(tmp_path, monkeypatch, capsys):
     assert "cifar100" in err and "prepared" in err.lower()
 
 
+@pytest.mark.slow  # TensorFlow import and 3-channel compilations: ~30 s of CPU
+def test_tfds_pair_runs_end_to_end_on_tfds_mock_data(tmp_path, monkeypatch):
+    # CIFAR10 -> CIFAR100 through the same code path, on TFDS's random mock data.
+    from leep_jax.data import tfds as adapter
+
+    tfds = adapter.import_tfds()
+    monkeypatch.setenv("LEEP_JAX_CACHE", str(tmp_path / "cache"))
+    pair = "tfds:cifar10[0-2]->tfds:cifar100[0-2]"
+    config = tiny_config(pairs=(pair,), zoo=(), tasks_per_regime={"large_balanced": 3})
+    with tfds.testing.mock_data(num_examples=300):
+        results = run_experiment(config, tmp_path / "out", progress=False, write_report=False)
+    source = results["sources"][pair]
+    assert source["spec"]["dataset"] == "tfds:cifar10" and source["spec"]["flip"] is True
+    assert len(results["tasks"]) == 3 and results["complete"]
+    assert all(t["scores"]["leep"] <= 0 for t in results["tasks"])
+
+
 # ------------------------------------------------------------------------ configs
 
 

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "experiment",
         help="reproduce the LEEP paper's experiments (correlations, convergence, selection)",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import math
 import os
@@ -54,7 +55,7 @@ import re
 import sys
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -980,10 +981,73 @@ def _refresh(results: dict[str, Any], config: ExperimentConfig) -> None:
 
 
 @dataclasses.dataclass
-class _Unit:
-    ident: str
-    kind: str  # "task" or "rq4"
-    group: str  # pair (tasks) or target (rq4)
+class _Run:
+    """What the work generators share: the config, pools, results so far, progress."""
+
+    config: ExperimentConfig
+    pools: dict[str, _Pool]
+    results: dict[str, Any]
+    done: set[str]
+    session: int
+    bar: tqdm
+    progress: bool
+
+    def model_info(self, spec: SourceSpec) -> dict[str, Any]:
+        metadata = source_metadata(spec) or {}
+        return {"spec": spec.to_dict(), **{k: v for k, v in metadata.items() if k != "spec"}}
+
+
+def _pair_work(run: _Run, pair: Pair) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """RQ1-RQ3 rows of one pair, computed lazily (the source model only if needed)."""
+    config, name = run.config, str(pair)
+    ids = [task_id(name, r, i) for r, n in config.tasks_per_regime.items() for i in range(n)]
+    if all(i in run.done for i in ids):
+        return
+    spec = source_spec(config, pair.source)
+    run.bar.set_postfix_str(f"source {spec.name}")
+    model = train_source_model(spec, progress=run.progress)
+    pool = run.pools[str(pair.target)].with_channels(model.in_channels)
+    outputs = _pool_outputs(model, pool, config.eval_batch_size)
+    run.results["sources"][name] = run.model_info(spec) | {
+        "pool_forward": {
+            "seconds": outputs["forward_s"],
+            "num_images": outputs["num_images"],
+            "num_train": int(pool.train[1].size),
+            "num_test": int(pool.test[1].size),
+        }
+    }
+    for regime in config.tasks_per_regime:
+        for i, task in enumerate(_pair_tasks(pool, name, regime, config)):
+            ident = task_id(name, regime, i)
+            if ident not in run.done:
+                run.bar.set_postfix_str(f"{name} {regime} {i}")
+                row = _task_row(task, ident, name, regime, i, outputs, model, config, run.session)
+                yield run.results["tasks"], row
+
+
+def _rq4_work(run: _Run, targets: Sequence[str]) -> Iterator[tuple[list, dict[str, Any]]]:
+    """RQ4 rows: every zoo model scored and fine-tuned on every RQ4 task of each target."""
+    config = run.config
+    for spec in config.zoo:
+        ids = [rq4_row_id(t, i, spec.name) for t in targets for i in range(config.rq4_tasks)]
+        if all(i in run.done for i in ids):
+            continue
+        run.bar.set_postfix_str(f"zoo {spec.name}")
+        model = train_source_model(spec, progress=run.progress)
+        run.results["zoo"][spec.name] = run.model_info(spec)
+        for target in targets:
+            if all(rq4_row_id(target, i, spec.name) in run.done for i in range(config.rq4_tasks)):
+                continue
+            pool = run.pools[target].with_channels(model.in_channels)
+            outputs = _pool_outputs(model, pool, config.eval_batch_size)
+            for i, task in enumerate(_rq4_tasks(pool, config)):
+                ident = rq4_row_id(target, i, spec.name)
+                if ident not in run.done:
+                    run.bar.set_postfix_str(f"rq4 {spec.name} {target} {i}")
+                    row = _rq4_row(
+                        task, ident, target, i, spec.name, model, outputs, config, run.session
+                    )
+                    yield run.results["rq4"]["rows"], row
 
 
 def run_experiment(
@@ -1018,162 +1082,73 @@ def run_experiment(
     """
     start = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    results = load_results(out, config)
+    results = load_results(out, config)  # refuses another config before any work
     previous_duration = float(results.get("duration_s") or 0.0)
-    session = len(results["sessions"])
-    results["sessions"].append(
-        {
-            "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "duration_s": 0.0,
-            "new_tasks": 0,
-            "environment": _environment(),
-        }
-    )
-    path = out / RESULTS_FILE
-    done = {row["id"] for row in results["tasks"]} | {row["id"] for row in results["rq4"]["rows"]}
-
-    def save() -> None:
-        elapsed = time.perf_counter() - start
-        results["sessions"][-1]["duration_s"] = elapsed
-        results["duration_s"] = previous_duration + elapsed
-        _refresh(results, config)
-        write_json_atomic(path, results)
-
-    # The plan: every unit's id, in order. Tasks are index subsets, cheap to make, so
-    # they are re-created on resume rather than stored.
-    pairs = config.parsed_pairs
+    # Tasks are index subsets of the pools, cheap to re-create: only their ids are
+    # stored, and a resumed run re-creates them from the seed.
     pools: dict[str, _Pool] = {}
-    for pair in pairs:
-        if str(pair.target) not in pools:
-            pools[str(pair.target)] = _load_pool(pair.target, config)
-    units = [
-        _Unit(task_id(str(pair), regime, i), "task", str(pair))
-        for pair in pairs
+    for pair in config.parsed_pairs:
+        pools.setdefault(str(pair.target), _load_pool(pair.target, config))
+    rq4_targets = list(pools) if config.zoo else []
+    ids = [
+        task_id(str(pair), regime, i)
+        for pair in config.parsed_pairs
         for regime, count in config.tasks_per_regime.items()
         for i in range(count)
-    ]
-    rq4_targets = list(pools) if config.zoo else []
-    units += [
-        _Unit(rq4_row_id(target, i, spec.name), "rq4", target)
+    ] + [
+        rq4_row_id(target, i, spec.name)
         for target in rq4_targets
         for spec in config.zoo
         for i in range(config.rq4_tasks)
     ]
-    pending = [u for u in units if u.ident not in done]
-    new = 0
+    done = {row["id"] for row in results["tasks"]} | {row["id"] for row in results["rq4"]["rows"]}
+
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / RESULTS_FILE
+    session = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "duration_s": 0.0,
+        "new_tasks": 0,
+        "environment": _environment(),
+    }
+    results["sessions"].append(session)
+
+    def save() -> None:
+        session["duration_s"] = time.perf_counter() - start
+        results["duration_s"] = previous_duration + session["duration_s"]
+        results["complete"] = all(i in done for i in ids)
+        _refresh(results, config)
+        write_json_atomic(path, results)
+
     bar = tqdm(
-        total=len(units),
-        initial=len(units) - len(pending),
+        total=len(ids),
+        initial=sum(i in done for i in ids),
         desc="experiment",
         unit="task",
         disable=not progress,
         file=sys.stderr,
         dynamic_ncols=True,
     )
-
-    def record(rows: list[dict[str, Any]], row: dict[str, Any]) -> bool:
-        """Appends a finished row, writes the results; True when the run should stop."""
-        nonlocal new
-        rows.append(row)
-        done.add(row["id"])
-        new += 1
-        results["sessions"][-1]["new_tasks"] = new
-        save()
-        bar.update(1)
-        if on_task is not None:
-            on_task(row)
-        return max_new_tasks is not None and new >= max_new_tasks
-
-    stopped = False
+    run = _Run(config, pools, results, done, len(results["sessions"]) - 1, bar, progress)
+    # Generators: a source model is trained or loaded only when its rows are reached.
+    work = itertools.chain(
+        *(_pair_work(run, pair) for pair in config.parsed_pairs), _rq4_work(run, rq4_targets)
+    )
     try:
         save()
-        for pair in pairs:
-            pair_name = str(pair)
-            if not any(u.group == pair_name and u.kind == "task" for u in pending):
-                continue
-            spec = source_spec(config, pair.source)
-            bar.set_postfix_str(f"source {spec.name}")
-            model = train_source_model(spec, progress=progress)
-            results["sources"][pair_name] = {
-                "spec": spec.to_dict(),
-                **{k: v for k, v in (source_metadata(spec) or {}).items() if k != "spec"},
-            }
-            pool = pools[str(pair.target)].with_channels(model.in_channels)
-            outputs = _pool_outputs(model, pool, config.eval_batch_size)
-            results["sources"][pair_name]["pool_forward"] = {
-                "seconds": outputs["forward_s"],
-                "num_images": outputs["num_images"],
-                "num_train": int(pool.train[1].size),
-                "num_test": int(pool.test[1].size),
-            }
-            for regime in config.tasks_per_regime:
-                tasks = _pair_tasks(pool, pair_name, regime, config)
-                for i, task in enumerate(tasks):
-                    ident = task_id(pair_name, regime, i)
-                    if ident in done:
-                        continue
-                    bar.set_postfix_str(f"{pair_name} {regime} {i}")
-                    row = _task_row(
-                        task, ident, pair_name, regime, i, outputs, model, config, session
-                    )
-                    if record(results["tasks"], row):
-                        stopped = True
-                        break
-                if stopped:
-                    break
-            if stopped:
+        for rows, row in work:
+            rows.append(row)
+            done.add(row["id"])
+            session["new_tasks"] += 1
+            save()
+            bar.update(1)
+            if on_task is not None:
+                on_task(row)
+            if max_new_tasks is not None and session["new_tasks"] >= max_new_tasks:
                 break
-
-        if not stopped and any(u.kind == "rq4" for u in pending):
-            stopped = _run_rq4(config, pools, rq4_targets, results, done, record, bar, progress)
     finally:
         bar.close()
-        results["complete"] = all(u.ident in done for u in units)
         save()
     if write_report:
         report.write_report(results, out)
     return results
-
-
-def _run_rq4(
-    config: ExperimentConfig,
-    pools: Mapping[str, _Pool],
-    targets: Sequence[str],
-    results: dict[str, Any],
-    done: set[str],
-    record: Callable[[list[dict[str, Any]], dict[str, Any]], bool],
-    bar: tqdm,
-    progress: bool,
-) -> bool:
-    """RQ4: every zoo model scored and fine-tuned on every RQ4 task. True if stopped."""
-    for spec in config.zoo:
-        pending = [
-            (target, i)
-            for target in targets
-            for i in range(config.rq4_tasks)
-            if rq4_row_id(target, i, spec.name) not in done
-        ]
-        if not pending:
-            continue
-        bar.set_postfix_str(f"zoo {spec.name}")
-        model = train_source_model(spec, progress=progress)
-        results["zoo"][spec.name] = {
-            "spec": spec.to_dict(),
-            **{k: v for k, v in (source_metadata(spec) or {}).items() if k != "spec"},
-        }
-        for target in targets:
-            if not any(t == target for t, _ in pending):
-                continue
-            pool = pools[target].with_channels(model.in_channels)
-            outputs = _pool_outputs(model, pool, config.eval_batch_size)
-            for i, task in enumerate(_rq4_tasks(pool, config)):
-                ident = rq4_row_id(target, i, spec.name)
-                if ident in done:
-                    continue
-                bar.set_postfix_str(f"rq4 {spec.name} {target} {i}")
-                session = len(results["sessions"]) - 1
-                row = _rq4_row(task, ident, target, i, spec.name, model, outputs, config, session)
-                if record(results["rq4"]["rows"], row):
-                    return True
-    return False
