@@ -12,6 +12,7 @@ and return a `TransferResult`.
   orders of magnitude faster; it is the standard way to fit linear probes. (Random-crop
   augmentation does not apply here, since each image's features are computed once.)
 * `fine_tune`: a copy of the source model with a new head; every layer trains.
+  Its defaults equal `train_from_scratch`'s, so that the two compare like for like.
 * `train_from_scratch`: the same architecture from random weights, the paper's
   reference for how much the source helps.
 
@@ -206,7 +207,7 @@ def fine_tune(
     *,
     epochs: int = 10,
     batch_size: int = 64,
-    lr: float = 0.01,
+    lr: float = 0.05,
     weight_decay: float = 5e-4,
     crop_padding: int = 2,
     flip: bool = False,

@@ -270,7 +270,12 @@ def _compiled(name: str, fn: Callable[..., Any], static: Any, *args: Any) -> tup
         ``(executable, seconds spent compiling now)``; 0 seconds on a cache hit.
     """
     leaves, treedef = jax.tree_util.tree_flatten(args)
-    avals = tuple((np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False))) for x in leaves)
+    # Placement is part of the key: an executable is bound to its input shardings.
+    avals = tuple(
+        (np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False)),
+         getattr(x, "sharding", None))
+        for x in leaves
+    )  # fmt: skip
     key = (name, static, treedef, avals)
     if key in _COMPILED:
         _COMPILED.move_to_end(key)
