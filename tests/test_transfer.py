@@ -226,7 +226,9 @@ def test_fit_is_deterministic():
 
 def test_fit_handles_a_training_set_smaller_than_a_batch():
     images, labels = synthetic_images(5, 0)
-    history = fit(tiny_model(), images, labels, TrainConfig(epochs=2, batch_size=16))
+    history = fit(
+        tiny_model(), images, labels, TrainConfig(epochs=2, batch_size=16), progress=True
+    )  # the progress bar path runs too
     assert history.num_steps == 2
 
 
