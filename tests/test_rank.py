@@ -41,6 +41,14 @@ def models():
     }
 
 
+def test_help_names_the_default_task():
+    from leep_jax.cli import rank as rank_cli
+
+    default = rank.load_target_task("digits", num_classes=5, seed=0)
+    digits = ", ".join(map(str, default.classes))
+    assert f"(seed 0: the digits {digits})" in " ".join(rank_cli.__doc__.split())
+
+
 def test_load_target_task_default_draw_is_seeded():
     a = rank.load_target_task("digits", num_classes=5, train_per_class=5, seed=3)
     b = rank.load_target_task("digits", num_classes=5, train_per_class=5, seed=3)

@@ -7,8 +7,9 @@ model on the task and reports the accuracy reached and the rank correlation (Ken
 tau, weighted tau) of each score with it.
 
 The default target task is 5 classes of scikit-learn's handwritten digits (8x8 scans,
-upsampled to 28x28), drawn by the task generator with ``--seed 0``: a cross-domain
-task for a zoo trained on FashionMNIST. The zoo is trained on first use and cached
+upsampled to 28x28) drawn by the task generator with ``--seed`` (seed 0: the digits
+0, 2, 4, 6, 7), with all of their training examples (about 135 per class): a
+cross-domain task for a zoo trained on FashionMNIST. The zoo is trained on first use and cached
 (``--cache-dir``, else ``$LEEP_JAX_CACHE``, else ``~/.cache/leep_jax``); later runs
 load it from there.
 """

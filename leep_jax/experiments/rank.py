@@ -399,9 +399,9 @@ class RankResult:
         lines += _align(table, left={1, 2})
         lines += [
             "",
-            f"Scoring took {self.score_time_s:.1f} s in all: one forward pass of the "
-            f"{task['num_train']} training examples per model, LEEP and NCE from the "
-            "logits, H-score from the features.",
+            f"Scoring took {self.score_time_s:.1f} s in all (compilation included): one "
+            f"forward pass of the {task['num_train']} training examples per model, LEEP "
+            "and NCE from the logits, H-score from the features.",
         ]
         if self.verify is not None and self.correlations is not None:
             total_transfer = sum(r.transfer_time_s or 0.0 for r in self.rows)
