@@ -398,7 +398,7 @@ class ExperimentConfig:
         """The quick configuration: a smoke test on real data, minutes on a 2-core CPU.
 
         Same protocol as `full`, scaled down: a briefly trained ResNet20, tiny tasks
-        (at most 4 classes), 12 large-regime tasks and 4 of each small regime per pair,
+        (at most 4 classes), 12 large-regime tasks and 3 of each small regime per pair,
         2-3 epochs of fine-tuning, a zoo of five small CNNs for RQ4. Its correlations
         rest on few tasks: a smoke test, not a result.
         """
@@ -412,9 +412,9 @@ class ExperimentConfig:
             source_test_examples=500,
             tasks_per_regime={
                 "large_balanced": 12,
-                "small_balanced": 4,
-                "small_imbalanced": 4,
-                "small_noisy": 4,
+                "small_balanced": 3,
+                "small_imbalanced": 3,
+                "small_noisy": 3,
             },
             max_classes=4,
             large_per_class=40,

@@ -427,6 +427,37 @@ def _correlation_table(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _accuracy_table(results: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "| pair | regime | tasks | classes | train examples | mean LEEP | re-train head | "
+        "fine-tune | scratch |",
+        "|" + "---|" * 9,
+    ]
+    config = results["config"]
+    for pair in config["pairs"]:
+        for regime in config["tasks_per_regime"]:
+            rows = _rows_by(results["tasks"], pair, regime)
+            if not rows:
+                continue
+
+            def mean(values):
+                return float(np.mean(values))
+
+            classes = [r["num_classes"] for r in rows]
+            sizes = [r["n_train"] for r in rows]
+            lines.append(
+                f"| `{pair}` | {regime} | {len(rows)} | {min(classes)}-{max(classes)} | "
+                f"{min(sizes)}-{max(sizes)} | {mean([_score(r, 'leep') for r in rows]):.3f} | "
+                + " | ".join(
+                    f"{mean([r['accuracy'][m] for r in rows]):.3f}"
+                    for m in ("retrain_head", "fine_tune", "scratch")
+                )
+                + " |"
+            )
+    lines += ["", "Means over the tasks of each row (test accuracy after the last epoch)."]
+    return lines
+
+
 def _convergence_table(results: Mapping[str, Any]) -> list[str]:
     lines = []
     for pair, regimes in results["rq2"].items():
@@ -641,6 +672,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     lines += ["## Setup", "", *_setup_section(results), ""]
     lines += ["## RQ1 and RQ3: scores vs transfer accuracy (paper Sec. 5.1-5.3)", ""]
     lines += _correlation_table(results)
+    lines += ["", "What the tasks look like, and the accuracy each method reached:", ""]
+    lines += _accuracy_table(results)
     lines += ["", "### The paper, for context", "", _PAPER_CONTEXT]
     lines += ["## RQ2: convergence", ""]
     lines += [
