@@ -275,6 +275,35 @@ def test_task_scores_rejects_too_few_rows():
         task_scores(np.zeros((5, 2)), np.zeros((5, 3)), np.zeros(5, np.int32), 2, pad_to=4)
 
 
+def test_within_class_count_averages_scipy_per_group():
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(14):
+        k = 2 + i % 3  # groups of 5, 5 and 4 tasks
+        rows.append(
+            {
+                "pair": "p",
+                "regime": "large_balanced",
+                "task_index": i,
+                "num_classes": k,
+                "scores": {m: float(rng.normal()) for m in ("leep", "nce", "h_score")},
+                "accuracy": {m: float(rng.uniform()) for m in ("retrain_head", "fine_tune")},
+            }
+        )
+    got = report.within_class_count(rows, ["p"], ["large_balanced"])["p"]["large_balanced"]
+    expected = np.mean(
+        [
+            scipy.stats.pearsonr(
+                [r["scores"]["nce"] for r in rows if r["num_classes"] == k],
+                [r["accuracy"]["fine_tune"] for r in rows if r["num_classes"] == k],
+            ).statistic
+            for k in (2, 3, 4)
+        ]
+    )
+    assert got["nce"]["fine_tune"]["groups"] == 3 and got["nce"]["fine_tune"]["n_tasks"] == 14
+    assert got["nce"]["fine_tune"]["mean_r"] == pytest.approx(expected, rel=1e-12)
+
+
 # --------------------------------------------------------------------------- a run
 
 TASK_KEYS = {

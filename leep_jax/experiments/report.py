@@ -37,6 +37,7 @@ METRIC_LABELS = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
 METHOD_LABELS = {"retrain_head": "re-train head", "fine_tune": "fine-tune", "scratch": "scratch"}
 
 __all__ = [
+    "within_class_count",
     "convergence",
     "correlation",
     "selection",
@@ -458,6 +459,78 @@ def _accuracy_table(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def within_class_count(
+    tasks: Sequence[Mapping[str, Any]], pairs: Sequence[str], regimes: Sequence[str]
+) -> dict[str, Any]:
+    """Pearson r within groups of tasks with the same class count, averaged.
+
+    The class count moves every score and every accuracy (H-score grows with it,
+    accuracy falls), so a pooled correlation mixes "more classes" with "better
+    features". Within one class count only the latter is left.
+
+    Returns:
+      ``out[pair][regime][metric][method] = {"mean_r", "groups", "n_tasks"}`` over the
+      class counts with at least 3 tasks and a defined r (``mean_r`` None if none).
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        out[pair] = {}
+        for regime in regimes:
+            rows = _rows_by(tasks, pair, regime)
+            groups: dict[int, list[Mapping[str, Any]]] = {}
+            for r in rows:
+                groups.setdefault(r["num_classes"], []).append(r)
+            entry: dict[str, Any] = {}
+            for metric in METRICS:
+                entry[metric] = {}
+                for method in CORRELATED_METHODS:
+                    stats = [
+                        correlation(
+                            [_score(r, metric) for r in group],
+                            [r["accuracy"][method] for r in group],
+                        )
+                        for group in groups.values()
+                        if len(group) >= 3
+                    ]
+                    stats = [s for s in stats if s["pearson_r"] is not None]
+                    entry[metric][method] = {
+                        "mean_r": _mean([s["pearson_r"] for s in stats]),
+                        "groups": len(stats),
+                        "n_tasks": sum(s["n_tasks"] for s in stats),
+                    }
+            out[pair][regime] = entry
+    return out
+
+
+def _within_table(results: Mapping[str, Any]) -> list[str]:
+    config = results["config"]
+    within = within_class_count(results["tasks"], config["pairs"], config["tasks_per_regime"])
+    header = ["pair", "regime", "groups (tasks)"] + [
+        f"{METRIC_LABELS[m]} ({'head' if method == 'retrain_head' else 'ft'})"
+        for method in CORRELATED_METHODS
+        for m in METRICS
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for pair, regimes in within.items():
+        for regime, entry in regimes.items():
+            first = entry["leep"]["fine_tune"]
+            if not first["groups"]:
+                continue
+            cells = [
+                _num(entry[m][method]["mean_r"], "+.2f")
+                for method in CORRELATED_METHODS
+                for m in METRICS
+            ]
+            lines.append(
+                f"| `{pair}` | {regime} | {first['groups']} ({first['n_tasks']}) | "
+                + " | ".join(cells)
+                + " |"
+            )
+    if len(lines) == 2:
+        return ["Too few tasks per class count for this analysis."]
+    return lines
+
+
 def _convergence_table(results: Mapping[str, Any]) -> list[str]:
     lines = []
     for pair, regimes in results["rq2"].items():
@@ -581,7 +654,9 @@ def _setup_section(results: Mapping[str, Any]) -> list[str]:
     config = results["config"]
     lines = [
         f"Mode `{config['mode']}`, seed {config['seed']}, source architecture "
-        f"`{config['architecture']}` {config['model_kwargs'] or ''}.",
+        f"`{config['architecture']}`"
+        + (f" {config['model_kwargs']}" if config["model_kwargs"] else "")
+        + ".",
         "",
         "| pair | source classes | source train examples | epochs | source test acc | "
         "target pool (train/test) |",
@@ -674,6 +749,17 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     lines += _correlation_table(results)
     lines += ["", "What the tasks look like, and the accuracy each method reached:", ""]
     lines += _accuracy_table(results)
+    lines += [
+        "",
+        "The class count moves all three scores and the accuracies together (accuracy tends "
+        "to fall with more classes, and LEEP and NCE with it, while H-score tends to rise: "
+        "its trace sums over more between-class directions). Correlation within tasks of "
+        "one class count, averaged "
+        "over the class counts with at least 3 tasks (a supplementary view, not in the "
+        "paper):",
+        "",
+    ]
+    lines += _within_table(results)
     lines += ["", "### The paper, for context", "", _PAPER_CONTEXT]
     lines += ["## RQ2: convergence", ""]
     lines += [
