@@ -264,7 +264,8 @@ def _augmentation(dataset: str) -> dict[str, Any]:
 def quick_zoo() -> list[SourceSpec]:
     """Five small CNNs (seconds each on a CPU) for quick runs of RQ4.
 
-    They differ in width, source label set and training length, like `default_zoo`.
+    They differ in source label set and training length (like `default_zoo`, which
+    also varies architecture and width).
     """
     common = {"test_examples": 500, "batch_size": 64}
     return [
