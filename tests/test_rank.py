@@ -14,6 +14,7 @@ from flax import nnx
 
 from leep_jax.cli.main import main
 from leep_jax.data import fashion_mnist
+from leep_jax.data import tfds as tfds_adapter
 from leep_jax.experiments import rank
 from leep_jax.models import build_model, forward
 from leep_jax.scores import h_score, leep, nce
@@ -293,6 +294,18 @@ def test_cli_rank_verify(in_cache, capsys):
             # n/a only where tau is undefined (tied accuracies or scores).
             assert value == "n/a" or -1.0 <= float(value) <= 1.0
         assert p_value == "n/a" or 0.0 <= float(p_value) <= 1.0
+
+
+def test_cli_rank_tfds_target(in_cache, capsys):
+    """A TFDS RGB dataset (TFDS's mock CIFAR-10): resized to 28x28, converted to grey."""
+    tfds = tfds_adapter.import_tfds()
+    args = ["--zoo", "tiny", "--target", "tfds:cifar10", "--classes", "0,1", "--json"]
+    with tfds.testing.mock_data(num_examples=60):
+        assert main(["rank", *args, "--train-per-class", "5", "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"]["dataset"] == "tfds:cifar10" and result["task"]["num_train"] == 10
+    assert len(result["models"]) == 3
+    assert all(math.isfinite(row["scores"]["leep"]) for row in result["models"])
 
 
 @pytest.mark.parametrize(

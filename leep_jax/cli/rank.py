@@ -8,8 +8,9 @@ tau, weighted tau) of each score with it.
 
 The default target task is 5 classes of scikit-learn's handwritten digits (8x8 scans,
 upsampled to 28x28) drawn by the task generator with ``--seed`` (seed 0: the digits
-0, 2, 4, 6, 7), with all of their training examples (about 135 per class): a
-cross-domain task for a zoo trained on FashionMNIST. The zoo is trained on first use and cached
+0, 2, 4, 6, 7), with 50 training examples per class: a small, cross-domain task for a
+zoo trained on FashionMNIST, the regime where picking the right source matters most
+(the LEEP paper's small-data setting). The zoo is trained on first use and cached
 (``--cache-dir``, else ``$LEEP_JAX_CACHE``, else ``~/.cache/leep_jax``); later runs
 load it from there.
 """
@@ -28,7 +29,7 @@ from leep_jax.transfer.zoo import load_zoo
 _ZOOS = ("default", "tiny")
 _DEFAULT_TARGET = "digits"
 _DEFAULT_NUM_CLASSES = 5
-_DEFAULT_TRAIN_PER_CLASS = 200
+_DEFAULT_TRAIN_PER_CLASS = 50
 _DEFAULT_TEST_PER_CLASS = 500
 # The zoo's models are trained on 28x28 FashionMNIST; TFDS targets are resized to match.
 _IMAGE_SIZE = 28
@@ -67,7 +68,7 @@ def add_parser(subparsers) -> None:
         default=_DEFAULT_TRAIN_PER_CLASS,
         metavar="N",
         help="at most N training examples per class, drawn with --seed; 0 keeps all "
-        "(default: %(default)s; digits have about 135 per class)",
+        "(default: %(default)s; digits have about 135 per class, FashionMNIST 6000)",
     )
     task.add_argument(
         "--test-per-class",
