@@ -154,6 +154,9 @@ def run(config: harness.Config) -> dict[str, Any]:
             ref_values = np.asarray(reference["jit_named_sharding"]["values"])
             values = np.asarray(r[path]["values"])
             r[path]["max_abs_diff_vs_1_device"] = float(np.max(np.abs(values - ref_values)))
+            r[path]["max_rel_diff_vs_1_device"] = float(
+                np.max(np.abs(values - ref_values) / np.abs(ref_values))
+            )
             if r["platform"] == "cpu":
                 r[path]["time_over_1_device"] = r[path]["median_s"] / reference[path]["median_s"]
                 # Against the plain jitted scores on one device (no sharding at all).
@@ -162,12 +165,12 @@ def run(config: harness.Config) -> dict[str, Any]:
                 )
     summary = {
         "sizes": sizes,
-        "max_abs_diff_vs_1_device": max(
+        "max_rel_diff_vs_1_device": max(
             (
-                r[p]["max_abs_diff_vs_1_device"]
+                r[p]["max_rel_diff_vs_1_device"]
                 for r in runs
                 for p in paths
-                if p in r and "max_abs_diff_vs_1_device" in r[p]
+                if p in r and "max_rel_diff_vs_1_device" in r[p]
             ),
             default=None,
         ),
@@ -209,7 +212,7 @@ def _markdown(runs, sizes, info, config) -> str:
             if path not in r:
                 continue
             p = r[path]
-            diff = p.get("max_abs_diff_vs_1_device")
+            diff = p.get("max_rel_diff_vs_1_device")
             table.append(
                 [
                     r["platform"],
@@ -231,7 +234,7 @@ def _markdown(runs, sizes, info, config) -> str:
         "ms (LEEP+NCE+H)",
         "time / same path on 1 device",
         "time / unsharded jit",
-        "max |diff| vs 1 device",
+        "max rel. diff vs 1 device",
         "note",
     ]
     return (

@@ -21,8 +21,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -81,54 +79,83 @@ def write_inputs(folder: Path, n: int, z: int, y: int) -> tuple[Path, Path]:
     return predictions_path, labels_path
 
 
-def _status_kb(pid: int) -> dict[str, int]:
+# Runs in a small stdlib-only Python process that starts the measured command. Linux
+# seeds a child's ru_maxrss with its parent's RSS at fork/exec, so the suite's own
+# (large) process must not be the direct parent of what is measured.
+_LAUNCHER = r"""
+import json, os, subprocess, sys, tempfile, threading, time
+
+def status_kb(pid):
     fields = {}
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
-                fields[key] = int(rest.split()[0])
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                    fields[key] = int(rest.split()[0])
     except (OSError, ValueError, IndexError):
         pass
     return fields
 
+command = json.loads(sys.argv[1])
+start = time.perf_counter()
+with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    process = subprocess.Popen(command, stdout=out, stderr=err)
+    peaks, done = {}, threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for key, value in status_kb(process.pid).items():
+                peaks[key] = max(peaks.get(key, 0), value)
+            done.wait(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
+    out.seek(0)
+    err.seek(0)
+    print(json.dumps({
+        "returncode": os.waitstatus_to_exitcode(status),
+        "wall_s": time.perf_counter() - start,
+        "maxrss_kb": usage.ru_maxrss,
+        "sampled_peak_kb": peaks,
+        "stdout": out.read()[-4000:],
+        "stderr": err.read()[-4000:],
+    }))
+"""
+
 
 def measure(command: list[str]) -> dict[str, Any]:
-    """Runs ``command``; its peak RSS (``os.wait4``), sampled breakdown, output, time."""
+    """Runs ``command`` from a small launcher; its peak RSS, sampled breakdown, output.
+
+    Peak RSS is ``ru_maxrss`` from ``os.wait4`` on the command (which counts its own
+    children too); the breakdown samples ``/proc/<pid>/status`` every 50 ms.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=_ROOT)
-        peaks: dict[str, int] = {}
-        done = threading.Event()
-
-        def sample():
-            while not done.is_set():
-                for key, value in _status_kb(process.pid).items():
-                    peaks[key] = max(peaks.get(key, 0), value)
-                done.wait(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        done.set()
-        sampler.join()
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
+    launched = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, json.dumps(command)],
+        env=env,
+        cwd=_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(launched.stdout)
     result = {
         "command": command,
-        "returncode": process.returncode,
-        "wall_s": time.perf_counter() - start,
-        "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux reports KiB
-        "sampled_peak_mb": {k: v / 1024 for k, v in peaks.items()},
+        "returncode": report["returncode"],
+        "wall_s": report["wall_s"],
+        "peak_rss_mb": report["maxrss_kb"] / 1024,  # Linux reports KiB
+        "sampled_peak_mb": {k: v / 1024 for k, v in report["sampled_peak_kb"].items()},
     }
-    if process.returncode != 0:
-        result["error"] = stderr.strip().splitlines()[-5:]
-    elif stdout.strip():
-        result["output"] = json.loads(stdout.strip().splitlines()[-1])
+    stdout = report["stdout"].strip()
+    if report["returncode"] != 0:
+        result["error"] = report["stderr"].strip().splitlines()[-5:]
+    elif stdout:
+        result["output"] = json.loads(stdout.splitlines()[-1])
     return result
 
 
