@@ -1,5 +1,6 @@
 """Streaming, mergeable accumulators: the training-loop and big-data paths."""
 
+from leep_jax.scores.h_score import HScoreSums
 from leep_jax.streaming.accumulators import (
     Accumulator,
     JointState,
@@ -11,7 +12,6 @@ from leep_jax.streaming.accumulators import (
     log_eep,
     nce,
 )
-from leep_jax.scores.h_score import HScoreSums
 from leep_jax.streaming.score_model import score_model
 
 __all__ = [
