@@ -22,7 +22,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="leep-jax", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="leep-jax",
+        description="Transferability scores (LEEP, NCE, H-score) and the paper's experiments.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in _SUBCOMMANDS:
         module = f"leep_jax.cli.{name}"
