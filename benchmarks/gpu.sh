@@ -9,7 +9,10 @@
 # offline install cannot build. FashionMNIST is read from $LEEP_JAX_DATA_DIR, else from a
 # copy of /usr/share/datasets/fashion-mnist carried in benchmarks/.data/fashion-mnist,
 # else from the system folder; score_vs_finetune falls back to scikit-learn's digits,
-# and zoo to random images, when it is missing.
+# and zoo to random images, when it is missing. tqdm (imported by leep_jax.transfer and
+# the score CLI) is taken from benchmarks/.vendor/ if the machine lacks it:
+#   mkdir -p benchmarks/.vendor && cp -r .venv/lib/python3.*/site-packages/tqdm benchmarks/.vendor/
+# Carry both folders: run(..., carry=["benchmarks/.data", "benchmarks/.vendor"]).
 #
 # Each benchmark runs in its own process under its own time limit (they add up to 350 s),
 # so one that overruns loses only itself; core writes partial results as it goes. If $OUT
@@ -33,6 +36,9 @@ if ! "$PY" -c "import leep_jax" >/dev/null 2>&1; then
     || echo "gpu.sh: pip install -e . failed offline; using PYTHONPATH"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# leep_jax.transfer and `leep-jax score` import tqdm, which the GPU machine may lack: a copy
+# of the real package (pure Python) carried in benchmarks/.vendor/ is used when present.
+if [[ -d benchmarks/.vendor ]]; then export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks/.vendor"; fi
 
 # What this machine has, and the matmul precision every number was measured under.
 INVENTORY=$(mktemp)
