@@ -41,7 +41,7 @@ def _grid(config: harness.Config):
     """``(ns, zs, ys, dtypes, headline)`` for this mode; headline is an extra LEEP size."""
     return config.pick(
         full=([10_000, 100_000, 1_000_000], [10, 1000], [2, 100, 1000], list(DTYPES), HEADLINE),
-        quick=([10_000, 100_000], [10, 1000], [2, 1000], list(DTYPES), None),
+        quick=([10_000, 100_000], [10, 1000], [1000], list(DTYPES), None),
         tiny=([2_000], [10, 64], [2, 20], list(DTYPES), None),
     )
 
@@ -324,9 +324,13 @@ def run(config: harness.Config) -> dict[str, Any]:
                         )
                     row["peak_rss_mb"] = harness.peak_rss_mb()
                     row["load_average"] = os.getloadavg()[0]
-                    if score == "leep" and (
-                        _is_headline(headline, n, z, y)
-                        or (headline is None and (n, z, y) == (ns[-1], zs[-1], ys[-1]))
+                    if (
+                        score == "leep"
+                        and (
+                            _is_headline(headline, n, z, y)
+                            or (headline is None and (n, z, y) == (ns[-1], zs[-1], ys[-1]))
+                        )
+                        and (config.mode != "quick" or dtype == "float32")
                     ):
                         print(f"[core] breakdown N={n:,} Z={z} Y={y} {dtype}", flush=True)
                         key = f"N={n} Z={z} Y={y} {dtype}"

@@ -41,7 +41,7 @@ def _sizes(config: harness.Config) -> dict[str, int]:
         return {"n": 50_000, "z": 1000, "y": 100, "d": 64}
     return config.pick(
         full={"n": 200_000, "z": 1000, "y": 100, "d": 64},
-        quick={"n": 40_000, "z": 1000, "y": 100, "d": 64},
+        quick={"n": 20_000, "z": 1000, "y": 100, "d": 64},
         tiny={"n": 1_024, "z": 10, "y": 5, "d": 8},
     )
 

@@ -36,7 +36,7 @@ FORWARD_BATCH = 512
 def _load_task(config: harness.Config):
     from leep_jax import data
 
-    per_class, test_per_class = config.pick(full=(100, 50), quick=(40, 20), tiny=(10, 10))
+    per_class, test_per_class = config.pick(full=(100, 50), quick=(20, 20), tiny=(10, 10))
     if jax.default_backend() != "cpu" and config.mode == "full":
         per_class, test_per_class = 500, 100  # an accelerator affords a larger task
     try:
@@ -61,7 +61,7 @@ def _epochs(config: harness.Config) -> dict[str, int]:
     """The transfer defaults in full mode (fine_tune 10, retrain_head 30); fewer otherwise."""
     return config.pick(
         full={"fine_tune": None, "retrain_head": None},
-        quick={"fine_tune": 2, "retrain_head": 6},
+        quick={"fine_tune": 1, "retrain_head": 3},
         tiny={"fine_tune": 1, "retrain_head": 1},
     )
 

@@ -33,7 +33,7 @@ def _sizes(config: harness.Config) -> tuple[list[int], int]:
     """``(model counts M, target images N)`` for this mode and backend."""
     if jax.default_backend() != "cpu":
         return config.pick(full=([1, 4, 16], 1024), quick=([1, 4, 16], 256), tiny=([1, 2], 32))
-    return config.pick(full=([1, 4, 16], 128), quick=([1, 4, 16], 32), tiny=([1, 2], 16))
+    return config.pick(full=([1, 4, 16], 128), quick=([1, 16], 16), tiny=([1, 2], 16))
 
 
 def _images(n: int) -> tuple[np.ndarray, np.ndarray, str]:
