@@ -147,10 +147,16 @@ def validate(
     *,
     probabilities: bool,
     check: bool,
-) -> int:
-    """Shape checks always; value checks when ``check`` and the inputs are concrete."""
+) -> tuple[jax.Array, jax.Array, jax.Array | None, int]:
+    """Shape checks always; value checks when ``check`` and the inputs are concrete.
+
+    Returns:
+      ``(values, labels, mask, num_target_classes)`` as JAX arrays and a Python int,
+      ready for the jitted implementations.
+    """
     num_target_classes = check_num_classes(num_target_classes)
     check_shapes(name, values, labels, mask)
     if check and is_concrete(values, labels, mask):
         check_values(name, values, labels, num_target_classes, mask, probabilities=probabilities)
-    return num_target_classes
+    mask = None if mask is None else jnp.asarray(mask)
+    return jnp.asarray(values), jnp.asarray(labels), mask, num_target_classes

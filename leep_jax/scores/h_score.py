@@ -130,7 +130,7 @@ def h_score(
     Raises:
       ValueError: on invalid inputs, as :func:`leep_jax.leep`.
     """
-    num_target_classes = validate(
+    arrays = validate(
         "features",
         features,
         labels,
@@ -139,9 +139,4 @@ def h_score(
         probabilities=False,
         check=validate_inputs,
     )
-    return _h_score(
-        jnp.asarray(features),
-        jnp.asarray(labels),
-        None if mask is None else jnp.asarray(mask),
-        num_target_classes,
-    )
+    return _h_score(*arrays)

@@ -92,7 +92,7 @@ def joint_distribution(
     Raises:
       ValueError: on invalid shapes, dtypes, labels or probability rows.
     """
-    num_target_classes = validate(
+    arrays = validate(
         "predictions",
         predictions,
         labels,
@@ -101,10 +101,4 @@ def joint_distribution(
         probabilities=not from_logits,
         check=validate_inputs,
     )
-    return _joint_distribution(
-        jnp.asarray(predictions),
-        jnp.asarray(labels),
-        None if mask is None else jnp.asarray(mask),
-        num_target_classes,
-        from_logits,
-    )
+    return _joint_distribution(*arrays, from_logits)

@@ -112,7 +112,7 @@ def leep(
       >>> round(float(leep_jax.leep(probs, labels, num_target_classes=2)), 4)
       -0.3652
     """
-    num_target_classes = validate(
+    arrays = validate(
         "predictions",
         predictions,
         labels,
@@ -121,10 +121,4 @@ def leep(
         probabilities=not from_logits,
         check=validate_inputs,
     )
-    return _leep(
-        jnp.asarray(predictions),
-        jnp.asarray(labels),
-        None if mask is None else jnp.asarray(mask),
-        num_target_classes,
-        from_logits,
-    )
+    return _leep(*arrays, from_logits)

@@ -88,7 +88,7 @@ def nce(
       >>> float(leep_jax.nce(probs, jnp.array([0, 1, 0]), num_target_classes=2))
       0.0
     """
-    num_target_classes = validate(
+    arrays = validate(
         "predictions",
         predictions,
         labels,
@@ -97,9 +97,4 @@ def nce(
         probabilities=not from_logits,
         check=validate_inputs,
     )
-    return _nce(
-        jnp.asarray(predictions),
-        jnp.asarray(labels),
-        None if mask is None else jnp.asarray(mask),
-        num_target_classes,
-    )
+    return _nce(*arrays)
