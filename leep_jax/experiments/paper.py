@@ -443,7 +443,7 @@ class ExperimentConfig:
 
         Per pair: a ResNet20 source trained on all source examples for 3 epochs; a
         target pool of at most 200 training and 100 test examples per class; 100
-        large-regime tasks and 50 of each small regime (at most 50 examples per class);
+        large-regime tasks and 30 of each small regime (at most 50 examples per class);
         4 epochs of fine-tuning and of training from scratch on large tasks, 6 on small
         ones. RQ4 ranks `default_zoo` (7 models) on 10 tasks of 4 classes per target.
         """
@@ -458,9 +458,9 @@ class ExperimentConfig:
             source_test_examples=2000,
             tasks_per_regime={
                 "large_balanced": 100,
-                "small_balanced": 50,
-                "small_imbalanced": 50,
-                "small_noisy": 50,
+                "small_balanced": 30,
+                "small_imbalanced": 30,
+                "small_noisy": 30,
             },
             max_classes=None,
             large_per_class=200,
