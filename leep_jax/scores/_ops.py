@@ -62,22 +62,45 @@ def row_sum_into(table_shape, rows: jax.Array, index, weights: jax.Array) -> jax
     return table.at[index].add(rows, mode="drop", out_sharding=_replicated_out_sharding(index))
 
 
+# Rows per iteration of the CPU row loop: about 2**18 elements (1 MB in float32) per
+# block, so each block's gather stays in cache and the loop runs a few hundred times.
+_CPU_BLOCK_ELEMENTS = 1 << 18
+
+
+def _cpu_block_rows(num_rows: int, row_size: int) -> int:
+    rows = max(1, _CPU_BLOCK_ELEMENTS // max(1, row_size))
+    return min(num_rows, 1 << (rows.bit_length() - 1))
+
+
 def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array):
-    """``out[i] = row_fn(table[labels[i]], values[i])`` as a sequential loop over rows.
+    """``out[i] = row_fn(table[labels[i]], values[i])`` as a loop over blocks of rows.
 
-    XLA:CPU emits gathers element by element (about 6 ns per element here), while a
-    loop of contiguous dynamic slices runs at memory speed: 4 to 8x faster for
-    ``[n, 1000]`` inputs on a 2-core CPU (measured with jax 0.10.2).
+    On XLA:CPU one gather over all ``n`` rows runs element by element (about 6 ns per
+    element here), and a loop over single rows pays a few kernel launches per row. A
+    loop over blocks of rows, each a contiguous slice of ``values`` with a small gather
+    of ``table`` rows, is 4-8x faster than the first and 1.5x faster than the second
+    for ``[n, 1000]`` inputs on a 2-core CPU (jax 0.10.2).
     """
+    num_rows, row_size = values.shape
+    block = _cpu_block_rows(num_rows, row_size)
+    num_blocks, tail = divmod(num_rows, block)
+    rows_fn = jax.vmap(row_fn)
 
-    def body(i, out):
-        row = jax.lax.dynamic_index_in_dim(table, labels[i], 0, keepdims=False)
-        value = jax.lax.dynamic_index_in_dim(values, i, 0, keepdims=False)
-        return out.at[i].set(row_fn(row, value))
+    def rows(start, size):
+        index = jax.lax.dynamic_slice_in_dim(labels, start, size)
+        block_values = jax.lax.dynamic_slice_in_dim(values, start, size)
+        return rows_fn(table.at[index].get(mode="promise_in_bounds"), block_values)
+
+    def body(j, out):
+        return jax.lax.dynamic_update_slice_in_dim(out, rows(j * block, block), j * block, 0)
 
     # zeros_like keeps the labels' varying mesh axes, so the loop works in shard_map.
     out = jnp.zeros_like(labels, dtype=table.dtype)
-    return jax.lax.fori_loop(0, labels.shape[0], body, out)
+    out = jax.lax.fori_loop(0, num_blocks, body, out)
+    if tail:
+        start = num_blocks * block
+        out = jax.lax.dynamic_update_slice_in_dim(out, rows(start, tail), start, 0)
+    return out
 
 
 def _per_row_gather(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array):

@@ -13,11 +13,14 @@ from leep_jax.scores._validation import accumulation_dtype, validate
 from leep_jax.scores.joint import conditional, joint_sum
 
 
+# The row functions widen each row themselves: widening the whole [n, Z] array first
+# would materialise a float32 copy of a bfloat16 or float16 input.
 def _log_dot(conditional_row, probability_row):
-    return jnp.log(jnp.sum(conditional_row * probability_row))
+    return jnp.log(jnp.sum(conditional_row * probability_row.astype(conditional_row.dtype)))
 
 
 def _log_dot_from_logits(log_conditional_row, logit_row):
+    logit_row = logit_row.astype(log_conditional_row.dtype)
     return jax.nn.logsumexp(log_conditional_row + logit_row) - jax.nn.logsumexp(logit_row)
 
 
@@ -41,13 +44,11 @@ def log_eep(
         :func:`leep_jax.scores.joint.conditional`).
       from_logits: whether ``predictions`` are logits.
     """
-    dtype = accumulation_dtype(predictions.dtype)
-    values = predictions.astype(dtype)
-    table = conditional_table.astype(dtype)
+    table = conditional_table.astype(accumulation_dtype(predictions.dtype))
     if from_logits:
         log_table = jnp.where(table > 0, jnp.log(jnp.where(table > 0, table, 1)), -jnp.inf)
-        return _ops.per_row(_log_dot_from_logits, log_table, values, labels)
-    return _ops.per_row(_log_dot, table, values, labels)
+        return _ops.per_row(_log_dot_from_logits, log_table, predictions, labels)
+    return _ops.per_row(_log_dot, table, predictions, labels)
 
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
