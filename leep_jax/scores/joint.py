@@ -38,9 +38,13 @@ def joint_sum(
     """
     dtype = accumulation_dtype(predictions.dtype)
     valid = _ops.valid_rows(labels, num_target_classes, mask)
-    probabilities = _ops.to_probabilities(predictions, from_logits, dtype)
     table = _ops.row_sum_into(
-        (num_target_classes, predictions.shape[-1]), probabilities, labels, valid
+        (num_target_classes, predictions.shape[-1]),
+        predictions,
+        labels,
+        valid,
+        dtype=dtype,
+        transform=functools.partial(jax.nn.softmax, axis=-1) if from_logits else None,
     )
     return table, jnp.sum(valid, dtype=dtype)
 
