@@ -49,7 +49,7 @@ def nce(theta, labels, num_target_classes):
     theta = np.asarray(theta)
     z = np.argmax(theta, axis=1)
     counts = np.zeros((num_target_classes, theta.shape[1]))
-    for y, zz in zip(labels, z):
+    for y, zz in zip(labels, z, strict=True):
         counts[y, zz] += 1
     p_yz = counts / counts.sum()
     p_z = p_yz.sum(axis=0)

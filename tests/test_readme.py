@@ -16,7 +16,5 @@ def test_readme_python_blocks_run_and_streaming_matches_in_memory():
         exec(compile(block, str(README), "exec"), namespace)
     leep_jax = namespace["leep_jax"]
     streamed = float(namespace["eep"].compute(namespace["total"]))
-    in_memory = float(
-        leep_jax.leep(namespace["logits"], namespace["labels"], 10, from_logits=True)
-    )
+    in_memory = float(leep_jax.leep(namespace["logits"], namespace["labels"], 10, from_logits=True))
     np.testing.assert_allclose(streamed, in_memory, rtol=1e-6)

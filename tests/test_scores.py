@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 
 import leep_jax
-import reference as ref
 
 RTOL = 1e-5  # accumulated float32 sums against float64
 

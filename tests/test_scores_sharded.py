@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
+import reference as ref
 from jax.sharding import AxisType, NamedSharding
 
 import leep_jax
-import reference as ref
 
 
 def _problem(n=800, z=16, y=6, d=5):

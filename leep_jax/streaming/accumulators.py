@@ -69,9 +69,7 @@ def _check_batch(values, labels, width: int, name: str):
     if values.ndim != 2 or values.shape[1] != width:
         raise ValueError(f"{name} batch must have shape [n, {width}], got {values.shape}")
     if labels.shape != values.shape[:1]:
-        raise ValueError(
-            f"labels batch must have shape {values.shape[:1]}, got {labels.shape}"
-        )
+        raise ValueError(f"labels batch must have shape {values.shape[:1]}, got {labels.shape}")
 
 
 class JointState(NamedTuple):
@@ -155,9 +153,7 @@ def log_eep(
                 f"got {conditional_table.shape}"
             )
         valid = _ops.valid_rows(labels, num_target_classes, mask)
-        per_example = _log_eep(
-            predictions, labels, conditional_table, from_logits=from_logits
-        )
+        per_example = _log_eep(predictions, labels, conditional_table, from_logits=from_logits)
         total = jnp.sum(jnp.where(valid, per_example, 0))
         return LogEEPState(
             state.log_eep_sum + total.astype(jnp.float32),
