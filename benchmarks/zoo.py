@@ -1,14 +1,17 @@
 """zoo: scoring M same-architecture source models, vmapped over stacked parameters or looped.
 
 Each of M ResNet20 source models (different initialisations) runs one forward pass over
-the same N target images and yields LEEP, NCE and H-score. Two ways:
+the same N target images and yields LEEP, NCE and H-score, through the library's
+``leep_jax.models.score_zoo`` in its two ways:
 
-* **loop**: one jitted ``score_one(state, images, labels)`` called M times (compiled
-  once, since every model has the same shapes);
-* **vmap**: the M states stacked leaf by leaf (``nnx.split`` then
-  ``jax.tree.map(jnp.stack, ...)``) and one jitted ``jax.vmap(score_one)`` call.
+* **loop**: one jitted forward (graph static, weights an argument) called M times,
+  compiled once since every model has the same shapes, then the scores;
+* **vmap**: the M weight trees stacked leaf by leaf (``nnx.split`` then
+  ``jax.tree.map(jnp.stack, ...)``) and one jitted vmapped forward, then vmapped scores.
 
-Both are compiled apart (compile time reported) and timed warm; the results must agree.
+The first call of each (compilation included) is timed apart from the warm median; the
+results must agree. ``summary.library_default`` is the path ``strategy="auto"`` takes
+on this backend (``leep_jax.models.zoo_scores.FASTER_ZOO_PATH``).
 """
 
 from __future__ import annotations
@@ -17,12 +20,11 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-import leep_jax
 from benchmarks import harness
+from leep_jax.models.zoo_scores import zoo_strategy
 
 NAME = "zoo"
 NUM_SOURCE_CLASSES = 10
@@ -53,69 +55,50 @@ def _images(n: int) -> tuple[np.ndarray, np.ndarray, str]:
         return images, rng.integers(0, NUM_TARGET_CLASSES, n).astype(np.int32), "random"
 
 
-def _score_fn(graphdef):
-    from leep_jax.models import forward
+def _measure(num_models: int, images: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    from leep_jax.models import ResNet20, score_zoo, zoo_scores
 
-    def score_one(state, images, labels):
-        logits, features = forward(nnx.merge(graphdef, state), images)
-        kwargs = dict(validate_inputs=False)
-        return jnp.stack(
-            [
-                leep_jax.leep(logits, labels, NUM_TARGET_CLASSES, from_logits=True, **kwargs),
-                leep_jax.nce(logits, labels, NUM_TARGET_CLASSES, from_logits=True, **kwargs),
-                leep_jax.h_score(features, labels, NUM_TARGET_CLASSES, **kwargs),
-            ]
+    models = {
+        f"resnet20-s{seed}": ResNet20(
+            NUM_SOURCE_CLASSES, in_channels=images.shape[-1], rngs=nnx.Rngs(seed)
         )
-
-    return score_one
-
-
-def _measure(num_models: int, images: jax.Array, labels: jax.Array) -> dict[str, Any]:
-    from leep_jax.models import ResNet20
-
-    models = []
-    for seed in range(num_models):
-        model = ResNet20(NUM_SOURCE_CLASSES, in_channels=images.shape[-1], rngs=nnx.Rngs(seed))
-        model.eval()
-        models.append(model)
-    graphdef = nnx.split(models[0])[0]
-    states = [jax.device_put(nnx.split(m)[1]) for m in models]
-    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
-    score_one = _score_fn(graphdef)
-
-    start = time.perf_counter()
-    compiled_one = jax.jit(score_one).lower(states[0], images, labels).compile()
-    loop_compile_s = time.perf_counter() - start
-
-    def loop():
-        return jax.block_until_ready(jnp.stack([compiled_one(s, images, labels) for s in states]))
-
-    loop_total = harness.time_calls(loop)
-    vmap_timing = harness.time_jitted(
-        jax.vmap(score_one, in_axes=(0, None, None)), (stacked, images, labels)
-    )
-    loop_values = np.asarray(loop_total.result)
-    vmap_values = np.asarray(vmap_timing.result)
-    return {
-        "m": num_models,
-        "loop": {**loop_total.as_dict(), "compile_s": loop_compile_s},
-        "vmap": vmap_timing.as_dict(),
-        "vmap_over_loop_speedup": loop_total.median_s / vmap_timing.median_s,
-        "max_abs_diff": float(np.max(np.abs(loop_values - vmap_values))),
-        "max_rel_diff": float(
-            np.max(np.abs(loop_values - vmap_values) / np.maximum(np.abs(loop_values), 1e-30))
-        ),
-        "scores_first_model": dict(
-            zip(("leep", "nce", "h_score"), loop_values[0].tolist(), strict=True)
-        ),
+        for seed in range(num_models)
     }
+    n = labels.shape[0]
+    row: dict[str, Any] = {"m": num_models}
+    values = {}
+    for strategy in ("loop", "vmap"):
+
+        def call(strategy=strategy):
+            return score_zoo(models, images, labels, NUM_TARGET_CLASSES, batch_size=n,
+                             strategy=strategy)  # fmt: skip
+
+        # The first call compiles (once per architecture and batch shape).
+        zoo_scores._forward.clear_cache()
+        zoo_scores._forward_stacked.clear_cache()
+        start = time.perf_counter()
+        result = call()
+        first_s = time.perf_counter() - start
+        timing = harness.time_calls(call, warmup=False)
+        row[strategy] = {**timing.as_dict(), "compile_s": max(first_s - timing.median_s, 0.0)}
+        values[strategy] = np.array([[r[k] for k in ("leep", "nce", "h_score")]
+                                     for r in result.values()])  # fmt: skip
+    loop_values, vmap_values = values["loop"], values["vmap"]
+    row["vmap_over_loop_speedup"] = row["loop"]["median_s"] / row["vmap"]["median_s"]
+    row["max_abs_diff"] = float(np.max(np.abs(loop_values - vmap_values)))
+    row["max_rel_diff"] = float(
+        np.max(np.abs(loop_values - vmap_values) / np.maximum(np.abs(loop_values), 1e-30))
+    )
+    row["scores_first_model"] = dict(
+        zip(("leep", "nce", "h_score"), loop_values[0].tolist(), strict=True)
+    )
+    return row
 
 
 def run(config: harness.Config) -> dict[str, Any]:
     info = harness.machine()
     counts, n = _sizes(config)
-    images_host, labels_host, source = _images(n)
-    images, labels = jax.device_put(images_host), jax.device_put(labels_host)
+    images, labels, source = _images(n)
     rows = []
     for m in counts:
         print(f"[zoo] M={m}, N={n}", flush=True)
@@ -125,6 +108,8 @@ def run(config: harness.Config) -> dict[str, Any]:
         "vmap_over_loop_speedup": largest["vmap_over_loop_speedup"],
         "at": {"m": largest["m"], "n": n, "architecture": "resnet20"},
         "faster": "vmap" if largest["vmap_over_loop_speedup"] > 1 else "loop",
+        # What `leep_jax.models.score_zoo(strategy="auto")` takes on this backend.
+        "library_default": zoo_strategy(info["backend"]),
         "backend": info["backend"],
         "by_m": {r["m"]: r["vmap_over_loop_speedup"] for r in rows},
     }

@@ -115,31 +115,39 @@ def test_rank_models_scores_and_ranks(task, models):
             assert row.ranks[name] == 1 + sum(v > values[row.name] for v in values.values())
 
 
-def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch):
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch, strategy):
     """Every training image goes through each model exactly once, for all three scores
     (here ranked by H-score: the metric changes the order, not the work)."""
+    from leep_jax.models import zoo_scores as zoo_module
+
     rows_seen = {}
-    make_apply_fn = rank.source_apply_fn
 
-    def counting_apply_fn(model):
-        apply = make_apply_fn(model)
+    def counting_forward(model, images):
+        logits, features = forward(model, images)
+        # Runs on every execution of the compiled step, not only when tracing; the head
+        # width tells the models apart.
+        jax.debug.callback(
+            lambda rows: rows_seen.setdefault(logits.shape[1], []).append(int(rows)),
+            images.shape[0],
+        )
+        return logits, features
 
-        def counted(images):
-            # Runs on every execution of the compiled step, not only when tracing.
-            jax.debug.callback(
-                lambda rows: rows_seen.setdefault(id(model), []).append(int(rows)),
-                images.shape[0],
-            )
-            return apply(images)
-
-        return counted
-
-    monkeypatch.setattr(rank, "source_apply_fn", counting_apply_fn)
+    monkeypatch.setattr(zoo_module, "forward", counting_forward)
+    # Compile the counting forward (cached executables would skip it), and drop it after.
+    zoo_module._forward.clear_cache()
+    zoo_module._forward_stacked.clear_cache()
     n, batch_size = task.train_labels.shape[0], 10
-    result = rank.rank_models(models, task, metric="h_score", batch_size=batch_size)
-    jax.effects_barrier()
+    try:
+        result = rank.rank_models(
+            models, task, metric="h_score", batch_size=batch_size, zoo_strategy=strategy
+        )
+        jax.effects_barrier()
+    finally:
+        zoo_module._forward.clear_cache()
+        zoo_module._forward_stacked.clear_cache()
     assert len(result.rows) == len(models)
-    assert set(rows_seen) == {id(model) for model in models.values()}
+    assert set(rows_seen) == {model.num_classes for model in models.values()}
     for rows in rows_seen.values():
         # ceil(n / batch_size) calls; the ragged last batch is padded, not re-run.
         assert rows == [batch_size] * math.ceil(n / batch_size)

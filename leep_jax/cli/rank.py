@@ -115,6 +115,14 @@ def add_parser(subparsers) -> None:
         help="images per forward pass when scoring (default: %(default)s)",
     )
     scoring.add_argument(
+        "--zoo-strategy",
+        choices=("auto", "loop", "vmap"),
+        default="auto",
+        help="score models of one architecture one by one (loop) or together over "
+        "stacked weights (vmap); auto takes the path measured faster on this backend "
+        "(default: %(default)s)",
+    )
+    scoring.add_argument(
         "--verify",
         action="store_true",
         help="also transfer every model to the task and correlate the scores with the "
@@ -233,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
             verify_epochs=args.epochs,
             batch_size=args.batch_size,
             seed=args.seed,
+            zoo_strategy=args.zoo_strategy,
             progress=progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as error:

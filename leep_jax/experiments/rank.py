@@ -22,13 +22,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 from flax import nnx
@@ -36,8 +33,7 @@ from tqdm.auto import tqdm
 
 from leep_jax.data import dataset_num_classes, load_dataset, make_task, sample_tasks
 from leep_jax.data.tasks import TargetTask
-from leep_jax.models import forward
-from leep_jax.streaming.score_model import score_model
+from leep_jax.models.zoo_scores import ZooStrategy, score_zoo
 from leep_jax.transfer.methods import fine_tune, retrain_head
 
 __all__ = [
@@ -48,8 +44,6 @@ __all__ = [
     "load_target_task",
     "match_channels",
     "rank_models",
-    "score_source_model",
-    "source_apply_fn",
 ]
 
 SCORE_NAMES = ("leep", "nce", "h_score")
@@ -188,66 +182,6 @@ def load_target_task(
         # reproduces this one.
         return dataclasses.replace(task, seed=seed)
     return make_task(*splits, classes, seed=seed, **common)
-
-
-# ------------------------------------------------------------------- scoring one model
-
-
-def source_apply_fn(model: nnx.Module) -> Callable[[jax.Array], tuple[jax.Array, jax.Array]]:
-    """``images -> (logits, features)`` of ``model`` in ONE pass, for `score_model`.
-
-    Puts ``model`` in eval mode (BatchNorm uses its running statistics, and nothing is
-    written under ``jit``). uint8 images are scaled to [0, 1] inside, so batches travel
-    to the device as bytes.
-    """
-    model.eval()
-
-    def apply(images: jax.Array) -> tuple[jax.Array, jax.Array]:
-        if images.dtype == jnp.uint8:
-            images = images.astype(jnp.float32) / 255.0
-        return forward(model, images)
-
-    return apply
-
-
-def score_source_model(
-    model: nnx.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    num_target_classes: int,
-    *,
-    batch_size: int = 256,
-) -> dict[str, float | int]:
-    """LEEP, NCE and H-score of one model from one forward pass over ``images``.
-
-    A thin use of `leep_jax.streaming.score_model`: batches of ``batch_size`` images go
-    through the model once, in a jitted step that accumulates NCE counts, H-score sums
-    and the LEEP joint, and keeps the logits for LEEP's second (model-free) sum.
-
-    Args:
-      model: a source model following the `leep_jax.models` contract.
-      images: ``[n, h, w, c]`` uint8 or float images in [0, 1].
-      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
-      num_target_classes: ``Y``.
-      batch_size: images per forward call.
-
-    Returns:
-      ``{"leep", "nce", "h_score"}`` floats plus ``"n"``, ``"forward_passes"`` (1) and
-      ``"seconds"``, as `score_model` returns them.
-
-    Raises:
-      ValueError: empty inputs, a bad batch size, or images the model rejects.
-    """
-    n = int(np.shape(labels)[0])
-    if n == 0 or np.shape(images)[0] != n:
-        raise ValueError(f"need as many images as labels (>= 1), got {np.shape(images)}, {n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    batches = [
-        (images[start : start + batch_size], labels[start : start + batch_size])
-        for start in range(0, n, batch_size)
-    ]
-    return score_model(source_apply_fn(model), batches, num_target_classes, keep_predictions=True)
 
 
 # --------------------------------------------------------------------------- results
@@ -506,12 +440,13 @@ def rank_models(
     batch_size: int = 256,
     seed: int = 0,
     match_input_channels: bool = True,
+    zoo_strategy: ZooStrategy = "auto",
     progress: bool = False,
 ) -> RankResult:
     """Scores every model on the task's training set and ranks them.
 
-    Each model sees the target training images once (`score_source_model`): LEEP and
-    NCE come from its logits and H-score from its features.
+    Each model sees the target training images once (`leep_jax.models.zoo_scores`):
+    LEEP and NCE come from its logits and H-score from its features.
 
     Args:
       models: name -> source model (`leep_jax.models` contract). Models are put in
@@ -527,6 +462,9 @@ def rank_models(
       match_input_channels: give each model the task's images in its own channel
         count (``model.in_channels``; grey <-> RGB by `match_channels`), so grey
         targets rank RGB models and vice versa.
+      zoo_strategy: how `score_zoo` runs models of one architecture: ``"loop"``,
+        ``"vmap"`` (stacked weights, one vmapped pass), or ``"auto"`` (the path
+        measured faster on this backend).
       progress: show tqdm progress bars (on stderr).
 
     Returns:
@@ -558,23 +496,28 @@ def rank_models(
         return views[in_channels]
 
     names = list(models)
-    scores, times, widths = {}, {}, {}
-    for name in tqdm(names, desc="scoring", unit="model", disable=not progress):
+    scores, times = {}, {}
+    by_view: dict[int | None, list[str]] = {}
+    for name in names:
         view = view_for(name)
-        start = time.perf_counter()
-        try:
-            result = score_source_model(
-                models[name],
-                view.train_images,
-                view.train_labels,
-                num_classes,
-                batch_size=batch_size,
-            )
-        except ValueError as error:
-            raise ValueError(f"model {name!r}: {error}") from error
-        times[name] = time.perf_counter() - start
-        scores[name] = {s: float(result[s]) for s in SCORE_NAMES}
-        widths[name] = int(models[name].num_classes)
+        by_view.setdefault(id(view), []).append(name)
+    bar = tqdm(total=len(names), desc="scoring", unit="model", disable=not progress)
+    for group in by_view.values():
+        view = view_for(group[0])
+        results = score_zoo(
+            {name: models[name] for name in group},
+            view.train_images,
+            view.train_labels,
+            num_classes,
+            batch_size=batch_size,
+            strategy=zoo_strategy,
+        )
+        for name, result in results.items():
+            times[name] = result["seconds"]
+            scores[name] = {s: result[s] for s in SCORE_NAMES}
+        bar.update(len(group))
+    bar.close()
+    widths = {name: int(models[name].num_classes) for name in names}
 
     accuracies: dict[str, float] = {}
     transfer_times: dict[str, float] = {}

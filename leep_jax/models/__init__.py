@@ -2,7 +2,8 @@
 
 Every model follows one contract (see :mod:`leep_jax.models.common`): ``features(x)``
 ``[n, h, w, c] -> [n, feature_dim]``, a linear ``head``, ``__call__ = head(features(x))``,
-and ``forward(model, x) -> (logits, features)`` in one pass.
+and ``forward(model, x) -> (logits, features)`` in one pass. `score_zoo` scores many
+models on one target set, looped or vmapped over stacked weights.
 """
 
 from leep_jax.models.checkpoint import (
@@ -22,6 +23,7 @@ from leep_jax.models.common import (
     model_names,
 )
 from leep_jax.models.resnet import ResNet18, ResNet20
+from leep_jax.models.zoo_scores import score_zoo, zoo_strategy
 
 __all__ = [
     "ResNet18",
@@ -38,4 +40,6 @@ __all__ = [
     "model_names",
     "restore_model",
     "save_model",
+    "score_zoo",
+    "zoo_strategy",
 ]

@@ -1,0 +1,185 @@
+"""Score a zoo of source models on one target set: looped, or vmapped over stacked weights.
+
+Models of one architecture share a ``GraphDef`` (``nnx.split``), so their weights can be
+stacked leaf by leaf and run as ONE vmapped forward pass. Whether that beats a Python
+loop over one compiled function depends on the backend: vmapped convolutions lower to
+grouped (``feature_group_count``) convolutions, which XLA:CPU runs 3-4x slower than M
+ordinary ones (``benchmarks/results/cpu-2core/zoo.md``: vmap over loop 0.26 at M = 16),
+and which can lose on GPUs as well. ``strategy="auto"`` takes the path measured faster
+on the current backend (`FASTER_ZOO_PATH`).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Mapping
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leep_jax.models.common import forward
+from leep_jax.scores import h_score, leep, nce
+
+__all__ = ["FASTER_ZOO_PATH", "ZooStrategy", "score_zoo", "zoo_strategy"]
+
+ZooStrategy = Literal["auto", "loop", "vmap"]
+
+# The faster path per backend, from `python -m benchmarks --only zoo` (zoo.md beside each
+# results folder). Backends without a measurement take the loop: it never compiles a
+# grouped convolution, and its compile is shared by every model of an architecture.
+FASTER_ZOO_PATH: dict[str, Literal["loop", "vmap"]] = {"cpu": "loop"}
+
+
+def zoo_strategy(backend: str | None = None) -> Literal["loop", "vmap"]:
+    """The zoo path `score_zoo` takes by default on ``backend`` (default: JAX's)."""
+    return FASTER_ZOO_PATH.get(backend or jax.default_backend(), "loop")
+
+
+def _apply(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
+    if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+    return forward(nnx.merge(graphdef, state), images)
+
+
+# graphdef is static: one compile per architecture (and batch shape), shared by every
+# model of that architecture, however many calls score it.
+_forward = jax.jit(_apply, static_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_stacked(graphdef, states, images):
+    return jax.vmap(functools.partial(_apply, graphdef), in_axes=(0, None))(states, images)
+
+
+def _three_scores(logits, features, labels, mask, num_target_classes):
+    kwargs = {"mask": mask, "validate_inputs": False}
+    return jnp.stack(
+        [
+            leep(logits, labels, num_target_classes, from_logits=True, **kwargs),
+            nce(logits, labels, num_target_classes, from_logits=True, **kwargs),
+            h_score(features, labels, num_target_classes, **kwargs),
+        ]
+    )
+
+
+_scores = jax.jit(_three_scores, static_argnums=4)
+_scores_stacked = jax.jit(
+    jax.vmap(_three_scores, in_axes=(0, 0, None, None, None)), static_argnums=4
+)
+
+
+def _group_key(graphdef: nnx.GraphDef, state: nnx.State):
+    leaves = jax.tree.leaves(state)
+    return graphdef, tuple((x.shape, jnp.result_type(x)) for x in leaves)
+
+
+def score_zoo(
+    models: Mapping[str, nnx.Module],
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_target_classes: int,
+    *,
+    batch_size: int = 256,
+    strategy: ZooStrategy = "auto",
+) -> dict[str, dict[str, float]]:
+    """LEEP, NCE and H-score of every model from one forward pass each over ``images``.
+
+    Every model sees the images once, in batches of ``batch_size`` (the last one padded
+    and masked); its logits and features stay on device (``n * (Z + D)`` floats per
+    model) and the three scores come from them in one jitted call. With
+    ``strategy="vmap"`` the models of each architecture (equal ``nnx.split`` graph and
+    weight shapes) run together: their weights are stacked and one vmapped forward
+    pass serves them all. The scores are the same either way (up to float32 rounding).
+
+    Args:
+      models: name -> source model following the `leep_jax.models` contract. Each is
+        put in eval mode (BatchNorm uses its running statistics); weights are not changed.
+      images: ``[n, h, w, c]`` uint8 images, or float images in [0, 1], in the channel
+        count every model takes.
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``Y``.
+      batch_size: images per forward call.
+      strategy: ``"loop"``, ``"vmap"``, or ``"auto"`` for `zoo_strategy` (the path
+        measured faster on this backend).
+
+    Returns:
+      ``{name: {"leep", "nce", "h_score", "seconds"}}`` in the order of ``models``;
+      ``seconds`` is the model's wall time (for vmapped groups, the group's time split
+      evenly), first compilation included.
+
+    Raises:
+      ValueError: no models, an unknown strategy, mismatched images and labels, labels
+        out of range, or images a model rejects.
+    """
+    if not models:
+        raise ValueError("no models to score")
+    if strategy not in ("auto", "loop", "vmap"):
+        raise ValueError(f"unknown strategy {strategy!r}; expected 'auto', 'loop' or 'vmap'")
+    strategy = zoo_strategy() if strategy == "auto" else strategy
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    labels = np.asarray(labels)
+    n = labels.shape[0] if labels.ndim == 1 else 0
+    if n == 0 or np.shape(images)[0] != n:
+        raise ValueError(
+            f"need int labels [n >= 1] and as many images, got images {np.shape(images)} "
+            f"and labels {labels.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= num_target_classes:
+        raise ValueError(
+            f"labels must lie in [0, num_target_classes={num_target_classes}), found "
+            f"{labels.min() if labels.min() < 0 else labels.max()}"
+        )
+
+    size = min(batch_size, n)
+    padded = -(-n // size) * size
+    mask = jnp.arange(padded) < n
+    labels_device = jnp.asarray(np.pad(labels.astype(np.int32), (0, padded - n)))
+    batches = []
+    for start in range(0, n, size):
+        batch = np.asarray(images[start : start + size])
+        batches.append(np.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1)))
+
+    groups: dict[object, list[tuple[str, nnx.GraphDef, nnx.State]]] = {}
+    for name, model in models.items():
+        model.eval()
+        graphdef, state = nnx.split(model)
+        key = _group_key(graphdef, state) if strategy == "vmap" else name
+        groups.setdefault(key, []).append((name, graphdef, state))
+
+    results: dict[str, dict[str, float]] = {}
+    for members in groups.values():
+        start = time.perf_counter()
+        graphdef = members[0][1]
+        try:
+            if len(members) == 1:
+                outputs = [_forward(graphdef, members[0][2], batch) for batch in batches]
+                axis, score = 0, _scores
+                states = None
+            else:
+                states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m[2] for m in members))
+                outputs = [_forward_stacked(graphdef, states, batch) for batch in batches]
+                axis, score = 1, _scores_stacked
+            logits = jnp.concatenate([o[0] for o in outputs], axis=axis)
+            features = jnp.concatenate([o[1] for o in outputs], axis=axis)
+            values = np.asarray(score(logits, features, labels_device, mask, num_target_classes))
+        except ValueError as error:
+            names = ", ".join(repr(m[0]) for m in members)
+            raise ValueError(f"model {names}: {error}") from error
+        del states
+        seconds = (time.perf_counter() - start) / len(members)
+        values = values.reshape(len(members), 3)
+        for (name, _, _), row in zip(members, values, strict=True):
+            results[name] = {
+                "leep": float(row[0]),
+                "nce": float(row[1]),
+                "h_score": float(row[2]),
+                "seconds": seconds,
+            }
+    return {name: results[name] for name in models}
