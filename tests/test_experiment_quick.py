@@ -1,0 +1,85 @@
+"""`leep-jax experiment --quick`, run as a user runs it: a fresh cache, real data, a subprocess.
+
+The smoke test of the paper's protocol on real FashionMNIST and digits (about six
+minutes of CPU on two cores, its own file so that pytest-xdist runs it beside the
+rest). Its correlations rest on a dozen tasks: the test checks that every part of the
+output is there and consistent, not what the numbers are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from leep_jax.experiments.paper import REGIMES, ExperimentConfig
+
+METRICS = ("leep", "nce", "h_score")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quick")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as users
+    env["LEEP_JAX_CACHE"] = str(root / "cache")  # trains every model, as on a fresh machine
+    command = [sys.executable, "-m", "leep_jax.cli", "experiment", "--quick", "--out"]
+    first = subprocess.run(
+        [*command, str(root / "out")], env=env, capture_output=True, text=True, timeout=1800
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((root / "out" / "results.json").read_text())
+    again = subprocess.run(
+        [*command, str(root / "out")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = json.loads((root / "out" / "results.json").read_text())
+    return root / "out", first, results, resumed
+
+
+@pytest.mark.slow
+def test_quick_run_is_complete(quick_run):
+    out, first, results, _ = quick_run
+    config = ExperimentConfig.quick()
+    assert results["complete"] is True and results["config"] == config.to_dict()
+    assert results["config"]["mode"] == "quick" and results["duration_s"] > 0
+    tasks_per_pair = sum(config.tasks_per_regime.values())
+    assert len(results["tasks"]) == len(config.pairs) * tasks_per_pair
+    assert config.tasks_per_regime["large_balanced"] >= 12
+    assert len(results["rq4"]["rows"]) == 2 * len(config.zoo) * config.rq4_tasks
+    for row in results["tasks"]:
+        assert row["pair"] in config.pairs and row["regime"] in REGIMES
+        assert set(row["scores"]) == set(METRICS)
+        assert set(row["accuracy"]) == {"retrain_head", "fine_tune", "scratch"}
+        assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
+        assert row["scores"]["leep"] <= 0.0 and row["scores"]["nce"] <= 0.0
+    for pair in config.pairs:
+        for regime, count in config.tasks_per_regime.items():
+            for metric in METRICS:
+                for method in ("retrain_head", "fine_tune"):
+                    cell = results["summary"][pair][regime][metric][method]
+                    assert cell["n_tasks"] == count
+    assert "wrote" in first.stdout
+
+
+@pytest.mark.slow
+def test_quick_run_writes_report_and_figures(quick_run):
+    out, *_ = quick_run
+    report = (out / "report.md").read_text()
+    for heading in ("LEEP", "NCE", "H-score", "RQ2", "RQ4"):
+        assert heading in report
+    figures = sorted(p.name for p in out.glob("*.png"))
+    assert any(name.startswith("scatter_") for name in figures)
+    assert any(name.startswith("curves_") for name in figures)
+    assert any(name.startswith("rq4_") for name in figures)
+
+
+@pytest.mark.slow
+def test_rerun_with_the_same_out_resumes_with_nothing_to_do(quick_run):
+    _, _, results, resumed = quick_run
+    assert resumed["tasks"] == results["tasks"]
+    assert resumed["rq4"]["rows"] == results["rq4"]["rows"]
+    assert len(resumed["sessions"]) == len(results["sessions"]) + 1
+    assert resumed["sessions"][-1]["new_tasks"] == 0
