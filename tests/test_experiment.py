@@ -84,7 +84,7 @@ NUM_TASKS = len(PAIRS) * sum(TASKS.values())
 NUM_RQ4 = 2 * 3 * 2  # targets x models x tasks
 
 
-class Interrupted(Exception):
+class Interrupted(KeyboardInterrupt):
     pass
 
 
@@ -121,9 +121,9 @@ def run_b(tmp_path_factory):
                 out,
                 progress=False,
                 on_task=interrupt_after(4, calls[0]),
-                write_report=False,
             )
         after_interrupt = json.loads((out / "results.json").read_text())
+        after_interrupt["report.md"] = (out / "report.md").read_text()
         partial = run_experiment(
             tiny_config(),
             out,
@@ -433,6 +433,7 @@ def test_interrupted_run_resumes_without_recomputing(run_b):
     # Interrupted after 4 tasks: all 4 were on disk.
     assert [t["id"] for t in after_interrupt["tasks"]] == calls[0]
     assert after_interrupt["complete"] is False
+    assert "INCOMPLETE" in after_interrupt["report.md"]  # Ctrl-C writes a report too
     # The limited rerun did 20 more; the last one the rest; nothing twice.
     assert len(calls[1]) == 20 and partial["complete"] is False
     assert "INCOMPLETE" in (out / "report.md").read_text()  # written by the stopped run

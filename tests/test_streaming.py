@@ -125,6 +125,23 @@ def test_batches_of_size_one():
     assert_scores_close(streamed(batches, arrays[3][:1].mean(0)), in_memory(*arrays))
 
 
+def test_empty_batches_change_nothing():
+    logits, _, labels, _, _ = make_problem(5)
+    empty_logits, empty_labels = logits[:0], labels[:0]
+    joint = streaming.joint(Y, Z, from_logits=True)
+    state = joint.update(joint.init(), logits, labels)
+    after = joint.update(state, empty_logits, empty_labels)
+    jax.tree.map(np.testing.assert_array_equal, after, state)
+    eep = streaming.log_eep(Y, Z, from_logits=True)
+    conditional = streaming.conditional(state)
+    total = eep.update(eep.init(), logits, labels, conditional)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        eep.update(total, empty_logits, empty_labels, conditional),
+        total,
+    )
+
+
 def test_joint_without_mask_and_single_batch():
     logits, probs, labels, _, _ = make_problem(4)
     acc = streaming.joint(Y, Z)

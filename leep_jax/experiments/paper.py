@@ -1147,6 +1147,14 @@ def run_experiment(
                 on_task(row)
             if max_new_tasks is not None and session["new_tasks"] >= max_new_tasks:
                 break
+    except KeyboardInterrupt:
+        # Ctrl-C: the rows so far are saved (below); a report of them, marked
+        # incomplete, comes with them.
+        if write_report:
+            bar.close()
+            save()
+            report.write_report(results, out)
+        raise
     finally:
         bar.close()
         save()

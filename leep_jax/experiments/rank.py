@@ -511,11 +511,11 @@ def rank_models(
             num_classes,
             batch_size=batch_size,
             strategy=zoo_strategy,
+            on_scored=lambda _: bar.update(1),
         )
         for name, result in results.items():
             times[name] = result["seconds"]
             scores[name] = {s: result[s] for s in SCORE_NAMES}
-        bar.update(len(group))
     bar.close()
     widths = {name: int(models[name].num_classes) for name in names}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Literal
 
 import jax
@@ -85,6 +85,7 @@ def score_zoo(
     *,
     batch_size: int = 256,
     strategy: ZooStrategy = "auto",
+    on_scored: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """LEEP, NCE and H-score of every model from one forward pass each over ``images``.
 
@@ -105,6 +106,7 @@ def score_zoo(
       batch_size: images per forward call.
       strategy: ``"loop"``, ``"vmap"``, or ``"auto"`` for `zoo_strategy` (the path
         measured faster on this backend).
+      on_scored: called with each model's name once its scores are known (progress).
 
     Returns:
       ``{name: {"leep", "nce", "h_score", "seconds"}}`` in the order of ``models``;
@@ -141,10 +143,13 @@ def score_zoo(
     padded = -(-n // size) * size
     mask = jnp.arange(padded) < n
     labels_device = jnp.asarray(np.pad(labels.astype(np.int32), (0, padded - n)))
+    # On the device once, shared by every model; only the last batch is padded.
     batches = []
     for start in range(0, n, size):
         batch = np.asarray(images[start : start + size])
-        batches.append(np.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1)))
+        if batch.shape[0] < size:
+            batch = np.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
+        batches.append(jax.device_put(batch))
 
     groups: dict[object, list[tuple[str, nnx.GraphDef, nnx.State]]] = {}
     for name, model in models.items():
@@ -182,4 +187,6 @@ def score_zoo(
                 "h_score": float(row[2]),
                 "seconds": seconds,
             }
+            if on_scored is not None:
+                on_scored(name)
     return {name: results[name] for name in models}

@@ -68,9 +68,14 @@ def _block_reader(values: jax.Array, dtype):
 
 def _block_loop(num_rows: int, row_size: int, step, init):
     """``step(start, size, carry) -> carry`` over blocks of rows, then the tail."""
+    if num_rows == 0:
+        return init
     block = _cpu_block_rows(num_rows, row_size)
     num_blocks, tail = divmod(num_rows, block)
-    carry = jax.lax.fori_loop(0, num_blocks, lambda j, c: step(j * block, block, c), init)
+    # The first block runs before the loop: inside shard_map its result varies over
+    # every mesh axis any input does, which fixes the type of the loop's carry.
+    carry = step(0, block, init)
+    carry = jax.lax.fori_loop(1, num_blocks, lambda j, c: step(j * block, block, c), carry)
     return step(num_blocks * block, tail, carry) if tail else carry
 
 
@@ -113,9 +118,6 @@ def row_sum_into(
         # On XLA:CPU the widened (or softmaxed) [n, k] rows would be written out in full
         # before the scatter: 5x slower for float32 logits at [200000, 1000].
         read = _block_reader(rows, dtype)
-        # zeros_like keeps the index's varying mesh axes: inside shard_map the loop's
-        # carry must vary like the rows added to it.
-        table = jnp.zeros_like(index, dtype=dtype, shape=table_shape)
 
         def step(start, size, table):
             block_index = jax.lax.dynamic_slice_in_dim(index, start, size)
@@ -147,8 +149,7 @@ def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array
             out, rows_fn(gathered, read(start, size)), start, 0
         )
 
-    # zeros_like keeps the labels' varying mesh axes, so the loop works in shard_map.
-    return _block_loop(*values.shape, step, jnp.zeros_like(labels, dtype=table.dtype))
+    return _block_loop(*values.shape, step, jnp.zeros(labels.shape, table.dtype))
 
 
 def _per_row_gather(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array):
@@ -171,6 +172,9 @@ def per_row(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array) -> j
     labels = jnp.clip(labels, 0, table.shape[0] - 1)
     if _is_split_along_rows(values):
         return _per_row_gather(row_fn, table, values, labels)
+    if _is_split_along_rows(labels):
+        # Rows whole on every device but labels split: gather the (small) labels.
+        labels = jax.sharding.reshard(labels, jax.typeof(values).sharding.update(spec=jax.P()))
     return jax.lax.platform_dependent(
         table,
         values,

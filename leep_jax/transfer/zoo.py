@@ -292,10 +292,11 @@ def default_zoo() -> list[SourceSpec]:
     """The default FashionMNIST source zoo: seven models, about 5.5 CPU-minutes.
 
     Models differ in architecture (ResNet20, SmallCNN), width, source label set and
-    training length, like the public zoos LEEP ranks. Measured on a 2-core CPU shared
-    with other jobs (load average 5-11): 330-345 s of CPU time, 10-12 minutes of wall
-    time; alone on the two cores it takes at most the CPU time. The ResNets take two
-    thirds of it. Source test accuracies range from 0.43 (the short run) to 0.93.
+    training length, like the public zoos LEEP ranks. On an idle 2-core CPU the first
+    ``leep-jax rank`` (training all seven, then scoring) took 3.7 minutes of wall time
+    (286 s of user CPU time); under load (load average 5-11) the training alone took
+    10-12 minutes. The ResNets take two thirds of it. Source test accuracies range from
+    0.43 (the short run) to 0.93.
     """
     return [
         SourceSpec(
