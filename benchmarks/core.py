@@ -176,9 +176,9 @@ def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> di
     """Where LEEP's time goes: its two sweeps and the alternatives, timed apart.
 
     Uses the scores' internal building blocks (``leep_jax.scores``), so it tracks the
-    implementation being benchmarked: the joint's segment sum (a scatter-add), the
-    per-example term as the CPU row loop and as one gather, the cast to float32, and the
-    two-read floor.
+    implementation being benchmarked: the joint's segment sum (a scatter-add, block by
+    block for bfloat16), the per-example term as the CPU block loop and as one gather, a
+    plain cast to float32 (what the loops avoid), and the two-read floor.
     """
     from leep_jax.scores import _ops
     from leep_jax.scores.joint import conditional, joint_sum
@@ -189,12 +189,11 @@ def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> di
     parts = {
         "leep": _score_fn("leep", num_classes),
         "joint (scatter-add)": lambda p, y, t: joint_sum(p, y, num_classes)[0],
-        "per-example term, row loop": lambda p, y, t: _ops._per_row_loop(
-            _log_dot, t, p.astype(accumulate), y
+        # Both take the predictions as they are: the block loop widens block by block.
+        "per-example term, block loop (CPU path)": lambda p, y, t: _ops._per_row_loop(
+            _log_dot, t, p, y
         ),
-        "per-example term, gather": lambda p, y, t: _ops._per_row_gather(
-            _log_dot, t, p.astype(accumulate), y
-        ),
+        "per-example term, one gather": lambda p, y, t: _ops._per_row_gather(_log_dot, t, p, y),
     }
     if predictions.dtype != accumulate:
         parts[f"cast to {jnp.dtype(accumulate).name}"] = lambda p, y, t: p.astype(accumulate)
