@@ -100,7 +100,8 @@ def run_a(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_b(tmp_path_factory):
-    """The same configuration in a fresh cache, interrupted twice, then resumed."""
+    """The same configuration in a fresh cache, interrupted twice, then resumed, with two
+    rows computed side by side (``workers=2``): the values must not depend on it."""
     root = tmp_path_factory.mktemp("run_b")
     out = root / "out"
     calls: list[list[str]] = [[], [], []]
@@ -121,6 +122,7 @@ def run_b(tmp_path_factory):
                 out,
                 progress=False,
                 on_task=interrupt_after(4, calls[0]),
+                workers=2,
             )
         after_interrupt = json.loads((out / "results.json").read_text())
         after_interrupt["report.md"] = (out / "report.md").read_text()
@@ -130,6 +132,7 @@ def run_b(tmp_path_factory):
             progress=False,
             max_new_tasks=20,
             on_task=lambda row: calls[1].append(row["id"]),
+            workers=2,
         )
         final = run_experiment(
             tiny_config(),
@@ -137,6 +140,7 @@ def run_b(tmp_path_factory):
             progress=False,
             on_task=lambda row: calls[2].append(row["id"]),
             write_report=False,
+            workers=2,
         )
     return out, after_interrupt, partial, final, calls
 

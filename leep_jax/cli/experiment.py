@@ -63,6 +63,15 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help="stop after N new tasks (results are kept; run again to resume)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="K",
+        help="tasks computed side by side (threads; training a small network keeps about "
+        "one core busy, so use the number of cores); results do not depend on it "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.set_defaults(run=run)
 
@@ -76,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             raise CLIError(str(error)) from None
     if args.max_tasks is not None and args.max_tasks < 1:
         raise CLIError(f"--max-tasks must be >= 1, got {args.max_tasks}")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     make = ExperimentConfig.quick if args.quick else ExperimentConfig.full
     try:
         config = make(seed=args.seed, pairs=pairs)
@@ -84,7 +95,11 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or ("experiment-quick" if args.quick else "experiment-full")
     try:
         results = run_experiment(
-            config, out, progress=not args.no_progress, max_new_tasks=args.max_tasks
+            config,
+            out,
+            progress=not args.no_progress,
+            max_new_tasks=args.max_tasks,
+            workers=args.workers,
         )
     except ConfigMismatchError as error:
         raise CLIError(str(error)) from None
