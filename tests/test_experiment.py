@@ -208,6 +208,15 @@ def test_cli_bad_pair_exits_2_with_one_line(bad, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag", ["--workers", "--max-tasks"])
+def test_cli_refuses_counts_below_one(flag, tmp_path, capsys):
+    status = main(["experiment", "--quick", flag, "0", "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert status == 2 and captured.out == ""
+    assert captured.err.strip().splitlines() == [f"leep-jax: error: {flag} must be >= 1, got 0"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_tfds_pair_routes_to_the_tfds_loader(tmp_path, monkeypatch, capsys):
     # No TFDS data here: the run must reach TFDS's loader and report that, in one line.
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
