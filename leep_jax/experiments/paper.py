@@ -1204,17 +1204,11 @@ def run_experiment(
             bar.update(1)
             if on_task is not None:
                 on_task(row)
-    except KeyboardInterrupt:
-        # Ctrl-C: the rows so far are saved (below); a report of them, marked
-        # incomplete, comes with them.
-        if write_report:
-            bar.close()
-            save()
-            report.write_report(results, out)
-        raise
     finally:
         bar.close()
         save()
-    if write_report:
-        report.write_report(results, out)
+        # Also on Ctrl-C: a report of the rows so far, marked incomplete.
+        interrupted = sys.exc_info()[1]
+        if write_report and (interrupted is None or isinstance(interrupted, KeyboardInterrupt)):
+            report.write_report(results, out)
     return results

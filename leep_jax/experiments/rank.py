@@ -497,13 +497,12 @@ def rank_models(
 
     names = list(models)
     scores, times = {}, {}
-    by_view: dict[int | None, list[str]] = {}
+    by_view: dict[int, tuple[_TaskView, list[str]]] = {}
     for name in names:
         view = view_for(name)
-        by_view.setdefault(id(view), []).append(name)
+        by_view.setdefault(id(view), (view, []))[1].append(name)
     bar = tqdm(total=len(names), desc="scoring", unit="model", disable=not progress)
-    for group in by_view.values():
-        view = view_for(group[0])
+    for view, group in by_view.values():
         results = score_zoo(
             {name: models[name] for name in group},
             view.train_images,

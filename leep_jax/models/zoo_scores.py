@@ -23,6 +23,7 @@ from flax import nnx
 
 from leep_jax.models.common import forward
 from leep_jax.scores import h_score, leep, nce
+from leep_jax.scores._validation import check_label_range, check_num_classes
 
 __all__ = ["FASTER_ZOO_PATH", "ZooStrategy", "score_zoo", "zoo_strategy"]
 
@@ -133,11 +134,7 @@ def score_zoo(
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.min() < 0 or labels.max() >= num_target_classes:
-        raise ValueError(
-            f"labels must lie in [0, num_target_classes={num_target_classes}), found "
-            f"{labels.min() if labels.min() < 0 else labels.max()}"
-        )
+    check_label_range(labels, check_num_classes(num_target_classes))
 
     size = min(batch_size, n)
     padded = -(-n // size) * size
@@ -166,7 +163,6 @@ def score_zoo(
             if len(members) == 1:
                 outputs = [_forward(graphdef, members[0][2], batch) for batch in batches]
                 axis, score = 0, _scores
-                states = None
             else:
                 states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m[2] for m in members))
                 outputs = [_forward_stacked(graphdef, states, batch) for batch in batches]
@@ -177,7 +173,6 @@ def score_zoo(
         except ValueError as error:
             names = ", ".join(repr(m[0]) for m in members)
             raise ValueError(f"model {names}: {error}") from error
-        del states
         seconds = (time.perf_counter() - start) / len(members)
         values = values.reshape(len(members), 3)
         for (name, _, _), row in zip(members, values, strict=True):

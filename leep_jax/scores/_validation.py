@@ -39,6 +39,18 @@ def check_num_classes(num_target_classes) -> int:
     return int(num_target_classes)
 
 
+def check_label_range(labels: np.ndarray, num_target_classes: int, *, prefix: str = "") -> None:
+    """Raises ValueError for host labels outside ``[0, num_target_classes)``.
+
+    On the host, before any cast: 64-bit labels would wrap when cast to int32.
+    """
+    if labels.size and (labels.min() < 0 or labels.max() >= num_target_classes):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise ValueError(
+            f"{prefix}labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
+        )
+
+
 def check_shapes(name: str, values: ArrayLike, labels: ArrayLike, mask: ArrayLike | None):
     """Checks ranks, lengths and dtypes of ``values [n, k]``, ``labels [n]``, ``mask [n]``."""
     values_shape, labels_shape = jnp.shape(values), jnp.shape(labels)
@@ -100,17 +112,8 @@ def check_values(
     Runs one small jitted reduction on device and fetches a handful of scalars, so it is
     cheap next to the score itself.
     """
-    host_labels = labels if isinstance(labels, np.ndarray) else None
-    if (
-        host_labels is not None
-        and host_labels.size
-        and (host_labels.min() < 0 or host_labels.max() >= num_target_classes)
-    ):
-        # Checked on the host first: 64-bit labels would wrap when cast to int32.
-        bad = host_labels.min() if host_labels.min() < 0 else host_labels.max()
-        raise ValueError(
-            f"labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
-        )
+    if isinstance(labels, np.ndarray):
+        check_label_range(labels, num_target_classes)
     stats = jax.device_get(_value_stats(values, labels, mask, probabilities))
     if int(stats["num_valid"]) == 0:
         raise ValueError("mask excludes every example; a score needs at least one")

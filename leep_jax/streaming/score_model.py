@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leep_jax.scores import _ops
-from leep_jax.scores._validation import check_num_classes
+from leep_jax.scores._validation import check_label_range, check_num_classes
 from leep_jax.streaming import accumulators
 
 METRICS = ("leep", "nce", "h_score")
@@ -69,13 +69,7 @@ def _checked_batch(index: int, batch, num_target_classes: int):
             f"batch {index}: mask must be bool with shape {labels.shape}, got "
             f"{mask.dtype} {mask.shape}"
         )
-    counted = labels[mask]
-    if counted.size and (counted.min() < 0 or counted.max() >= num_target_classes):
-        bad = counted.min() if counted.min() < 0 else counted.max()
-        raise ValueError(
-            f"batch {index}: labels must lie in [0, num_target_classes={num_target_classes}), "
-            f"found {bad}"
-        )
+    check_label_range(labels[mask], num_target_classes, prefix=f"batch {index}: ")
     return images, labels.astype(np.int32), mask
 
 
