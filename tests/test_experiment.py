@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -431,6 +432,14 @@ def test_report_and_figures_written(run_a):
     text = (out / "report.md").read_text()
     for needle in ("LEEP", "NCE", "H-score", "RQ2", "RQ4", "paper", "duration", PAIRS[0]):
         assert needle in text
+    # The summary at the top quotes the tables' numbers.
+    glance = text.split("## At a glance", 1)[1].split("## Setup", 1)[0]
+    for pair in PAIRS:
+        large = results["summary"][pair]["large_balanced"]["leep"]
+        quoted = f"LEEP {report._r(large['retrain_head'])} / {report._r(large['fine_tune'])}"
+        assert f"RQ1, `{pair}`" in glance and quoted in glance
+    weighted = results["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau_mean"]
+    assert f"LEEP {report._num(weighted)}" in glance
     pngs = sorted(p.name for p in out.glob("*.png"))
     for pair in PAIRS:
         for regime in TASKS:
@@ -535,3 +544,14 @@ def test_head_retraining_on_cached_features_matches_retrain_head(tmp_path, monke
         eval_batch_size=config.eval_batch_size,
     )
     assert got == pytest.approx(expected.test_accuracy, abs=1.0 / task.test_indices.size + 1e-9)
+
+
+def test_committed_full_report_is_generated_from_its_results(tmp_path):
+    """benchmarks/results/experiment/report.md is exactly what its results.json gives."""
+    committed = Path(__file__).parent.parent / "benchmarks" / "results" / "experiment"
+    results = json.loads((committed / "results.json").read_text())
+    report.write_report(results, tmp_path)
+    assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        p.name for p in committed.glob("*.png")
+    )
