@@ -301,7 +301,9 @@ def test_within_class_count_averages_scipy_per_group():
                 "task_index": i,
                 "num_classes": k,
                 "scores": {m: float(rng.normal()) for m in ("leep", "nce", "h_score")},
-                "accuracy": {m: float(rng.uniform()) for m in ("retrain_head", "fine_tune")},
+                "accuracy": {
+                    m: float(rng.uniform()) for m in ("retrain_head", "fine_tune", "scratch")
+                },
             }
         )
     got = report.within_class_count(rows, ["p"], ["large_balanced"])["p"]["large_balanced"]
@@ -316,6 +318,20 @@ def test_within_class_count_averages_scipy_per_group():
     )
     assert got["nce"]["fine_tune"]["groups"] == 3 and got["nce"]["fine_tune"]["n_tasks"] == 14
     assert got["nce"]["fine_tune"]["mean_r"] == pytest.approx(expected, rel=1e-12)
+    gain = np.mean(
+        [
+            scipy.stats.pearsonr(
+                [r["scores"]["leep"] for r in rows if r["num_classes"] == k],
+                [
+                    r["accuracy"]["fine_tune"] - r["accuracy"]["scratch"]
+                    for r in rows
+                    if r["num_classes"] == k
+                ],
+            ).statistic
+            for k in (2, 3, 4)
+        ]
+    )
+    assert got["leep"]["gain"]["mean_r"] == pytest.approx(gain, rel=1e-12)
 
 
 # --------------------------------------------------------------------------- a run

@@ -547,8 +547,10 @@ def within_class_count(
     features". Within one class count only the latter is left.
 
     Returns:
-      ``out[pair][regime][metric][method] = {"mean_r", "groups", "n_tasks"}`` over the
-      class counts with at least 3 tasks and a defined r (``mean_r`` None if none).
+      ``out[pair][regime][metric][outcome] = {"mean_r", "groups", "n_tasks"}`` over the
+      class counts with at least 3 tasks and a defined r (``mean_r`` None if none), for
+      the outcomes ``"retrain_head"`` and ``"fine_tune"`` (accuracies) and ``"gain"``
+      (fine-tuned minus from-scratch accuracy, RQ2), when the rows have them.
     """
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -558,20 +560,20 @@ def within_class_count(
             groups: dict[int, list[Mapping[str, Any]]] = {}
             for r in rows:
                 groups.setdefault(r["num_classes"], []).append(r)
+            outcomes = {m: lambda r, m=m: r["accuracy"][m] for m in CORRELATED_METHODS}
+            if all("scratch" in r["accuracy"] for r in rows):
+                outcomes["gain"] = lambda r: r["accuracy"]["fine_tune"] - r["accuracy"]["scratch"]
             entry: dict[str, Any] = {}
             for metric in METRICS:
                 entry[metric] = {}
-                for method in CORRELATED_METHODS:
+                for outcome, value in outcomes.items():
                     stats = [
-                        correlation(
-                            [_score(r, metric) for r in group],
-                            [r["accuracy"][method] for r in group],
-                        )
+                        correlation([_score(r, metric) for r in group], [value(r) for r in group])
                         for group in groups.values()
                         if len(group) >= 3
                     ]
                     stats = [s for s in stats if s["pearson_r"] is not None]
-                    entry[metric][method] = {
+                    entry[metric][outcome] = {
                         "mean_r": _mean([s["pearson_r"] for s in stats]),
                         "groups": len(stats),
                         "n_tasks": sum(s["n_tasks"] for s in stats),
@@ -583,10 +585,9 @@ def within_class_count(
 def _within_table(results: Mapping[str, Any]) -> list[str]:
     config = results["config"]
     within = within_class_count(results["tasks"], config["pairs"], config["tasks_per_regime"])
+    outcomes = {"retrain_head": "head", "fine_tune": "ft", "gain": "ft − scratch"}
     header = ["pair", "regime", "groups (tasks)"] + [
-        f"{METRIC_LABELS[m]} ({'head' if method == 'retrain_head' else 'ft'})"
-        for method in CORRELATED_METHODS
-        for m in METRICS
+        f"{METRIC_LABELS[m]} ({label})" for label in outcomes.values() for m in METRICS
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for pair, regimes in within.items():
@@ -595,8 +596,8 @@ def _within_table(results: Mapping[str, Any]) -> list[str]:
             if not first["groups"]:
                 continue
             cells = [
-                _num(entry[m][method]["mean_r"], "+.2f")
-                for method in CORRELATED_METHODS
+                _num(entry[m][outcome]["mean_r"], "+.2f") if outcome in entry[m] else "n/a"
+                for outcome in outcomes
                 for m in METRICS
             ]
             lines.append(
@@ -885,7 +886,8 @@ def write_report(results: Mapping[str, Any], out_dir: str | Path) -> Path:
         "its trace sums over more between-class directions). Correlation within tasks of "
         "one class count, averaged "
         "over the class counts with at least 3 tasks (a supplementary view, not in the "
-        "paper):",
+        "paper), with accuracy and with the gain of fine-tuning over training from scratch "
+        "(RQ2):",
         "",
     ]
     lines += _within_table(results)
