@@ -171,6 +171,11 @@ def test_parse_pair(text, expected):
     assert parse_pair(str(pair)) == pair
 
 
+def test_round_robin_takes_one_item_from_each_stream_in_turn():
+    streams = iter([1, 2, 3]), iter([]), iter("ab")
+    assert list(paper._round_robin(*streams)) == [1, "a", 2, "b", 3]
+
+
 def test_parse_pair_routes_tfds_names():
     pair = parse_pair("tfds:cifar10:tfds:cifar100")
     assert (pair.source.dataset, pair.target.dataset) == ("tfds:cifar10", "tfds:cifar100")
@@ -468,8 +473,11 @@ def test_report_and_figures_written(run_a):
 @pytest.mark.slow  # shares two tiny end-to-end runs (about a minute on 2 cores)
 def test_interrupted_run_resumes_without_recomputing(run_b):
     out, after_interrupt, partial, final, calls = run_b
-    # Interrupted after 4 tasks: all 4 were on disk.
-    assert [t["id"] for t in after_interrupt["tasks"]] == calls[0]
+    # Interrupted after 4 tasks: all 4 were on disk, taken from both pairs in turn.
+    assert [t["id"] for t in after_interrupt["tasks"] + after_interrupt["rq4"]["rows"]] == [
+        i for i in calls[0] if not i.startswith("rq4|")
+    ] + [i for i in calls[0] if i.startswith("rq4|")]
+    assert {t["pair"] for t in after_interrupt["tasks"]} == set(PAIRS)
     assert after_interrupt["complete"] is False
     assert "INCOMPLETE" in after_interrupt["report.md"]  # Ctrl-C writes a report too
     # The limited rerun did 20 more; the last one the rest; nothing twice.

@@ -44,6 +44,7 @@ with an optional class set: ``fashion_mnist[0-4]->fashion_mnist[5-9]``,
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import datetime
@@ -1072,6 +1073,19 @@ def _rq4_work(run: _Run, targets: Sequence[str]) -> Work:
                     )
 
 
+def _round_robin(*streams: Iterator) -> Iterator:
+    """One item from each stream in turn, dropping streams as they end."""
+    active = collections.deque(iter(s) for s in streams)
+    while active:
+        stream = active.popleft()
+        try:
+            item = next(stream)
+        except StopIteration:
+            continue
+        active.append(stream)
+        yield item
+
+
 def _computed(work: Work, workers: int) -> Iterator[tuple[list[dict[str, Any]], dict[str, Any]]]:
     """``(rows, row)`` for every item of ``work``, computing up to ``workers`` rows at once.
 
@@ -1113,6 +1127,10 @@ def run_experiment(
     workers: int = 1,
 ) -> dict[str, Any]:
     """Runs (or resumes) the experiment and writes results.json, report.md and figures.
+
+    Rows are taken in turn from each pair and from RQ4 (round robin), so a run stopped
+    part way has rows for every research question, not only for the first pair. Each
+    source model is trained (or loaded) when its first row is reached.
 
     Args:
       config: what to run.
@@ -1189,7 +1207,7 @@ def run_experiment(
     )
     run = _Run(config, pools, results, done, len(results["sessions"]) - 1, bar, progress)
     # Generators: a source model is trained or loaded only when its rows are reached.
-    work = itertools.chain(
+    work = _round_robin(
         *(_pair_work(run, pair) for pair in config.parsed_pairs), _rq4_work(run, rq4_targets)
     )
     if max_new_tasks is not None:
