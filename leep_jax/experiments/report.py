@@ -805,40 +805,34 @@ What differs here, so the numbers are not comparable one to one:
 
 def _paper_comparison(results: Mapping[str, Any]) -> list[str]:
     """The paper's headline figures beside the same statistics of this run."""
-    cells = [
-        (pair, regime, method, by_metric)
-        for pair, regimes in results["summary"].items()
-        for regime, by_metric in regimes.items()
-        for method in CORRELATED_METHODS
-        if by_metric["leep"][method]["pearson_r"] is not None
-    ]
-    best_leep = max(cells, key=lambda c: c[3]["leep"][c[2]]["pearson_r"], default=None)
-    margins = []  # (LEEP's r minus the best other r, cell)
-    for cell in cells:
-        others = [cell[3][m][cell[2]]["pearson_r"] for m in ("nce", "h_score")]
-        others = [r for r in others if r is not None]
-        if others:
-            margins.append((cell[3]["leep"][cell[2]]["pearson_r"] - max(others), cell))
+    cells = []  # (LEEP's r, best r of NCE and H-score or None, where)
+    for pair, regimes in results["summary"].items():
+        for regime, by_metric in regimes.items():
+            for method in CORRELATED_METHODS:
+                leep_r = by_metric["leep"][method]["pearson_r"]
+                others = [by_metric[m][method]["pearson_r"] for m in ("nce", "h_score")]
+                others = [r for r in others if r is not None]
+                if leep_r is not None:
+                    where = f"`{pair}`, {regime}, {METHOD_LABELS[method]}"
+                    cells.append((leep_r, max(others) if others else None, where))
     lines = ["| | the paper | this run |", "|---|---|---|"]
     here = "n/a"
-    if best_leep:
-        pair, regime, method, by_metric = best_leep
-        here = (
-            f"up to {by_metric['leep'][method]['pearson_r']:+.2f} (`{pair}`, {regime}, "
-            f"{METHOD_LABELS[method]})"
-        )
+    if cells:
+        leep_r, _, where = max(cells, key=lambda c: c[0])
+        here = f"up to {leep_r:+.2f} ({where})"
     lines.append(
         "| Pearson r of LEEP with transfer accuracy | up to 0.98 (CIFAR10 -> CIFAR100, "
         f"ResNet20 source, 200 random tasks) | {here} |"
     )
+    margins = [(leep_r - other, where) for leep_r, other, where in cells if other is not None]
     here = "n/a"
     if margins:
-        low, high = min(margins, key=lambda m: m[0]), max(margins, key=lambda m: m[0])
-        ahead = sum(m[0] >= 0 for m in margins)
+        low = min(margins, key=lambda m: m[0])
+        high = max(margins, key=lambda m: m[0])
+        ahead = sum(margin >= 0 for margin, _ in margins)
         here = (
             f"LEEP ahead or tied in {ahead} of {len(margins)} cells; difference in r from "
-            f"{low[0]:+.2f} (`{low[1][0]}`, {low[1][1]}, {METHOD_LABELS[low[1][2]]}) to "
-            f"{high[0]:+.2f} (`{high[1][0]}`, {high[1][1]}, {METHOD_LABELS[high[1][2]]})"
+            f"{low[0]:+.2f} ({low[1]}) to {high[0]:+.2f} ({high[1]})"
         )
     lines.append(
         "| LEEP against the best of NCE and H-score | LEEP ahead in most settings; up to "
