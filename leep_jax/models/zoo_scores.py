@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import jax
@@ -21,9 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leep_jax.models.common import forward
-from leep_jax.scores import h_score, leep, nce
 from leep_jax.scores._validation import check_label_range, check_num_classes
+from leep_jax.scores.names import SCORE_NAMES, check_score_names
+from leep_jax.streaming import engine, sources
+from leep_jax.streaming.score_model import ModuleForward
 
 __all__ = ["FASTER_ZOO_PATH", "ZooStrategy", "score_zoo", "zoo_strategy"]
 
@@ -40,37 +41,10 @@ def zoo_strategy(backend: str | None = None) -> Literal["loop", "vmap"]:
     return FASTER_ZOO_PATH.get(backend or jax.default_backend(), "loop")
 
 
-def _apply(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array):
-    if images.dtype == jnp.uint8:
-        images = images.astype(jnp.float32) / 255.0
-    return forward(nnx.merge(graphdef, state), images)
-
-
-# graphdef is static: one compile per architecture (and batch shape), shared by every
-# model of that architecture, however many calls score it.
-_forward = jax.jit(_apply, static_argnums=0)
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _forward_stacked(graphdef, states, images):
-    return jax.vmap(functools.partial(_apply, graphdef), in_axes=(0, None))(states, images)
-
-
-def _three_scores(logits, features, labels, mask, num_target_classes):
-    kwargs = {"mask": mask, "validate_inputs": False}
-    return jnp.stack(
-        [
-            leep(logits, labels, num_target_classes, from_logits=True, **kwargs),
-            nce(logits, labels, num_target_classes, from_logits=True, **kwargs),
-            h_score(features, labels, num_target_classes, **kwargs),
-        ]
-    )
-
-
-_scores = jax.jit(_three_scores, static_argnums=4)
-_scores_stacked = jax.jit(
-    jax.vmap(_three_scores, in_axes=(0, 0, None, None, None)), static_argnums=4
-)
+def _forward_stacked(graphdef: nnx.GraphDef, states: nnx.State, images: jax.Array):
+    """``[M, b, Z]`` logits and ``[M, b, D]`` features of M stacked models of one graphdef."""
+    return jax.vmap(ModuleForward(graphdef), in_axes=(0, None))(states, images)
 
 
 def _group_key(graphdef: nnx.GraphDef, state: nnx.State):
@@ -86,20 +60,22 @@ def score_zoo(
     *,
     batch_size: int = 256,
     strategy: ZooStrategy = "auto",
+    metrics: Sequence[str] = SCORE_NAMES,
     on_scored: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """LEEP, NCE and H-score of every model from one forward pass each over ``images``.
 
     Every model sees the images once, in batches of ``batch_size`` (the last one padded
-    and masked); its logits and features stay on device (``n * (Z + D)`` floats per
-    model) and the three scores come from them in one jitted call. With
+    and masked), through the scoring engine (:mod:`leep_jax.streaming.engine`): one
+    compiled step per architecture and batch shape, shared by every model of that
+    architecture, with its logits kept on device for LEEP's second sum. With
     ``strategy="vmap"`` the models of each architecture (equal ``nnx.split`` graph and
     weight shapes) run together: their weights are stacked and one vmapped forward
     pass serves them all. The scores are the same either way (up to float32 rounding).
 
     Args:
-      models: name -> source model following the `leep_jax.models` contract. Each is
-        put in eval mode (BatchNorm uses its running statistics); weights are not changed.
+      models: name -> source model following the `leep_jax.models` contract. Each runs
+        in eval mode (BatchNorm uses its running statistics); the models are not changed.
       images: ``[n, h, w, c]`` uint8 images, or float images in [0, 1], in the channel
         count every model takes.
       labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
@@ -107,10 +83,11 @@ def score_zoo(
       batch_size: images per forward call.
       strategy: ``"loop"``, ``"vmap"``, or ``"auto"`` for `zoo_strategy` (the path
         measured faster on this backend).
+      metrics: which of :data:`leep_jax.scores.names.SCORE_NAMES` to compute.
       on_scored: called with each model's name once its scores are known (progress).
 
     Returns:
-      ``{name: {"leep", "nce", "h_score", "seconds"}}`` in the order of ``models``;
+      ``{name: {metric: value, ..., "seconds": s}}`` in the order of ``models``;
       ``seconds`` is the model's wall time (for vmapped groups, the group's time split
       evenly), first compilation included.
 
@@ -136,21 +113,21 @@ def score_zoo(
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     check_label_range(labels, check_num_classes(num_target_classes))
 
+    metrics = check_score_names(metrics)
     size = min(batch_size, n)
     padded = -(-n // size) * size
-    mask = jnp.arange(padded) < n
-    labels_device = jnp.asarray(np.pad(labels.astype(np.int32), (0, padded - n)))
+    mask = np.arange(padded) < n
+    labels = np.pad(labels.astype(np.int32), (0, padded - n))
     # On the device once, shared by every model; only the last batch is padded.
     batches = []
     for start in range(0, n, size):
-        batch = np.asarray(images[start : start + size])
-        if batch.shape[0] < size:
-            batch = np.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
-        batches.append(jax.device_put(batch))
+        rows = slice(start, start + size)
+        batch = np.asarray(images[rows])
+        batch = np.pad(batch, [(0, size - batch.shape[0])] + [(0, 0)] * (batch.ndim - 1))
+        batches.append((jax.device_put(batch), labels[rows], mask[rows]))
 
     groups: dict[object, list[tuple[str, nnx.GraphDef, nnx.State]]] = {}
     for name, model in models.items():
-        model.eval()
         graphdef, state = nnx.split(model)
         key = _group_key(graphdef, state) if strategy == "vmap" else name
         groups.setdefault(key, []).append((name, graphdef, state))
@@ -158,30 +135,54 @@ def score_zoo(
     results: dict[str, dict[str, float]] = {}
     for members in groups.values():
         start = time.perf_counter()
-        graphdef = members[0][1]
         try:
             if len(members) == 1:
-                outputs = [_forward(graphdef, members[0][2], batch) for batch in batches]
-                axis, score = 0, _scores
+                _, graphdef, state = members[0]
+                forward, params = ModuleForward(graphdef), state
+                scored = [score_batches(batches, num_target_classes, metrics, forward, params)]
             else:
-                states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m[2] for m in members))
-                outputs = [_forward_stacked(graphdef, states, batch) for batch in batches]
-                axis, score = 1, _scores_stacked
-            logits = jnp.concatenate([o[0] for o in outputs], axis=axis)
-            features = jnp.concatenate([o[1] for o in outputs], axis=axis)
-            values = np.asarray(score(logits, features, labels_device, mask, num_target_classes))
+                scored = _score_stacked(members, batches, num_target_classes, metrics)
         except ValueError as error:
             names = ", ".join(repr(m[0]) for m in members)
             raise ValueError(f"model {names}: {error}") from error
         seconds = (time.perf_counter() - start) / len(members)
-        values = values.reshape(len(members), 3)
-        for (name, _, _), row in zip(members, values, strict=True):
-            results[name] = {
-                "leep": float(row[0]),
-                "nce": float(row[1]),
-                "h_score": float(row[2]),
-                "seconds": seconds,
-            }
+        for (name, _, _), scores in zip(members, scored, strict=True):
+            results[name] = {**scores, "seconds": seconds}
             if on_scored is not None:
                 on_scored(name)
     return {name: results[name] for name in models}
+
+
+def score_batches(batches, num_target_classes, metrics, forward, params) -> dict[str, float]:
+    """The engine over equal-size batches ``[(inputs, labels, mask)]``."""
+    result = engine.run(
+        lambda second_pass=False: sources.fixed_size(batches, num_target_classes),
+        num_target_classes,
+        metrics,
+        forward=forward,
+        params=params,
+    )
+    return result.scores
+
+
+def _score_stacked(members, batches, num_target_classes, metrics) -> list[dict[str, float]]:
+    """Scores of models of one graphdef from ONE vmapped forward pass over their weights."""
+    graphdef = members[0][1]
+    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(m[2] for m in members))
+    outputs = [
+        (_forward_stacked(graphdef, states, images), labels, mask)
+        for images, labels, mask in batches
+    ]
+    return [
+        score_batches(
+            [
+                ((logits[m], features[m]), labels, mask)
+                for (logits, features), labels, mask in outputs
+            ],
+            num_target_classes,
+            metrics,
+            engine.given_outputs,
+            None,
+        )
+        for m in range(len(members))
+    ]

@@ -31,10 +31,11 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from leep_jax.scores import _ops
 from leep_jax.scores._validation import check_num_classes
@@ -44,21 +45,62 @@ from leep_jax.scores.joint import joint_sum
 from leep_jax.scores.leep import log_eep as _log_eep
 from leep_jax.scores.nce import nce_counts, nce_from_counts
 
+State = Any  # a NamedTuple of fixed-shape arrays
+
+
+class UpdateFn(Protocol):
+    """``update(state, values, labels, mask=None) -> state``: adds one batch."""
+
+    def __call__(
+        self,
+        state: State,
+        values: ArrayLike,
+        labels: ArrayLike,
+        mask: ArrayLike | None = None,
+    ) -> State: ...
+
+
+class ConditionalUpdateFn(Protocol):
+    """``update(state, predictions, labels, conditional, mask=None) -> state``.
+
+    The update of LEEP's second pass: besides the batch it takes the conditional
+    ``P(y | z)`` frozen from the complete first pass (the way optax's
+    ``GradientTransformationExtraArgs`` types its extra arguments).
+    """
+
+    def __call__(
+        self,
+        state: State,
+        predictions: ArrayLike,
+        labels: ArrayLike,
+        conditional: jax.Array,
+        mask: ArrayLike | None = None,
+    ) -> State: ...
+
 
 class Accumulator(NamedTuple):
     """Pure functions over a fixed-shape state of sums.
 
     Attributes:
       init: ``() -> state`` of zeros.
-      update: ``(state, values, labels, [extra,] mask=None) -> state`` adds one batch.
+      update: ``(state, values, labels, mask=None) -> state`` adds one batch.
       merge: ``(state, state) -> state``, associative and commutative (a sum).
       compute: ``(state) -> score``.
     """
 
-    init: Callable[[], Any]
-    update: Callable[..., Any]
-    merge: Callable[[Any, Any], Any]
-    compute: Callable[[Any], jax.Array]
+    init: Callable[[], State]
+    update: UpdateFn
+    merge: Callable[[State, State], State]
+    compute: Callable[[State], jax.Array]
+
+
+class ConditionalAccumulator(NamedTuple):
+    """An :class:`Accumulator` whose update also takes the frozen conditional (pass 2)."""
+
+    init: Callable[[], State]
+    update: ConditionalUpdateFn
+    merge: Callable[[State, State], State]
+    compute: Callable[[State], jax.Array]
 
 
 def _add(a, b):
@@ -128,7 +170,7 @@ def conditional(state: JointState) -> jax.Array:
 
 def log_eep(
     num_target_classes: int, num_source_classes: int, *, from_logits: bool = False
-) -> Accumulator:
+) -> ConditionalAccumulator:
     """Pass 2 of LEEP: the summed log expected empirical prediction.
 
     ``update(state, predictions, labels, conditional, mask=None)`` takes the conditional
@@ -163,7 +205,7 @@ def log_eep(
     def compute(state):
         return state.log_eep_sum / state.count
 
-    return Accumulator(init, update, _add, compute)
+    return ConditionalAccumulator(init, update, _add, compute)
 
 
 def nce(num_target_classes: int, num_source_classes: int) -> Accumulator:
@@ -185,37 +227,103 @@ def nce(num_target_classes: int, num_source_classes: int) -> Accumulator:
     return Accumulator(init, update, _add, compute)
 
 
+class HScoreState(NamedTuple):
+    """H-score sums over ``features - shift`` (see :class:`leep_jax.scores.h_score.HScoreSums`).
+
+    The shift only conditions the float32 sums (it cancels exactly in the score); it is
+    part of the state so that states summed with different shifts are re-centred by
+    ``merge`` instead of being added silently.
+    """
+
+    count: jax.Array  # f32[]
+    feature_sum: jax.Array  # f32[D]: sum of (f - shift)
+    outer_sum: jax.Array  # f32[D, D]: sum of (f - shift)(f - shift)^T
+    class_sum: jax.Array  # f32[Y, D]
+    class_count: jax.Array  # f32[Y]
+    shift: jax.Array  # f32[D]
+
+
+def _recentred(state: HScoreState, shift: jax.Array) -> HScoreState:
+    """The same sums over ``f - shift`` instead of ``f - state.shift`` (exact algebra).
+
+    With ``g = f - state.shift`` and ``d = state.shift - shift``:
+    ``sum (g + d) = sum g + n d`` and
+    ``sum (g + d)(g + d)^T = sum g g^T + (sum g) d^T + d (sum g)^T + n d d^T``.
+    """
+    d = state.shift - shift
+    feature_sum = state.feature_sum + state.count * d
+    cross = jnp.outer(state.feature_sum, d)
+    outer_sum = state.outer_sum + cross + cross.T + state.count * jnp.outer(d, d)
+    class_sum = state.class_sum + state.class_count[:, None] * d[None, :]
+    return HScoreState(state.count, feature_sum, outer_sum, class_sum, state.class_count, shift)
+
+
+def merge_h_score(a: HScoreState, b: HScoreState) -> HScoreState:
+    """Sum of two H-score states, re-centred onto one shift when theirs differ.
+
+    Equal shifts (states of one configuration) add as plain sums, bit for bit. Otherwise
+    both are re-centred onto their count-weighted mean shift, a choice that does not
+    depend on the order of the arguments, so ``merge`` still commutes exactly. An empty
+    state is the identity.
+    """
+    total = a.count + b.count
+    weighted = (a.count * a.shift + b.count * b.shift) / jnp.where(total > 0, total, 1)
+    shift = jnp.where(jnp.all(a.shift == b.shift), a.shift, weighted)
+    summed = jax.tree.map(jnp.add, _recentred(a, shift)[:-1], _recentred(b, shift)[:-1])
+    merged = HScoreState(*summed, shift)
+    merged = jax.tree.map(lambda x, y: jnp.where(a.count > 0, x, y), merged, b)
+    return jax.tree.map(lambda x, y: jnp.where(b.count > 0, x, y), merged, a)
+
+
 def h_score(
-    num_target_classes: int, feature_dim: int, *, shift: jax.Array | None = None
+    num_target_classes: int, feature_dim: int, *, shift: ArrayLike | None = None
 ) -> Accumulator:
     """H-score in one pass from sums of features, outer products and class sums.
 
-    State size is ``O(D^2 + Y D)`` whatever ``n`` is.
+    State size is ``O(D^2 + Y D)`` whatever ``n`` is. The sums are taken over
+    ``features - shift``: the shift cancels exactly in the score but keeps the float32
+    covariance ``S/n - m m^T`` accurate when features have a large mean. It lives in the
+    state (:class:`HScoreState`): by default the first update with counted rows sets it
+    to their mean, and ``merge`` re-centres states whose shifts differ, so per-batch
+    states (one per device, or per batch in a metric collection) always merge exactly.
 
     Args:
       num_target_classes: static ``Y``.
       feature_dim: static ``D``.
-      shift: optional ``[D]`` vector subtracted from every feature before summing, e.g.
-        the mean of a first batch. It cancels exactly in the score but keeps the float32
-        covariance ``S/n - m m^T`` accurate when features have a large mean; it is part
-        of the configuration, so states with the same shift merge by plain sums.
+      shift: optional fixed ``[D]`` shift for every state of this accumulator (e.g. a
+        global mean known in advance); then updates never change it and merges are plain
+        sums, so states can also be combined with ``jax.lax.psum``.
     """
     num_target_classes = check_num_classes(num_target_classes)
-    shift = None if shift is None else jnp.asarray(shift, jnp.float32)
+    fixed_shift = None if shift is None else jnp.asarray(shift, jnp.float32)
+    if fixed_shift is not None and fixed_shift.shape != (feature_dim,):
+        raise ValueError(f"shift must have shape ({feature_dim},), got {fixed_shift.shape}")
 
     def init():
-        return HScoreSums(
+        return HScoreState(
             count=jnp.zeros((), jnp.float32),
             feature_sum=jnp.zeros((feature_dim,), jnp.float32),
             outer_sum=jnp.zeros((feature_dim, feature_dim), jnp.float32),
             class_sum=jnp.zeros((num_target_classes, feature_dim), jnp.float32),
             class_count=jnp.zeros((num_target_classes,), jnp.float32),
+            shift=jnp.zeros((feature_dim,), jnp.float32) if fixed_shift is None else fixed_shift,
         )
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
         _check_batch(features, labels, feature_dim, "features")
+        shift = fixed_shift
+        if shift is None:
+            # The first batch with counted rows sets the shift to its mean.
+            valid = _ops.valid_rows(labels, num_target_classes, mask)
+            count = jnp.sum(valid, dtype=jnp.float32)
+            total = jnp.sum(jnp.where(valid[:, None], features.astype(jnp.float32), 0), axis=0)
+            shift = jnp.where(state.count > 0, state.shift, total / jnp.maximum(count, 1))
         sums = h_score_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return _add(state, jax.tree.map(lambda x: x.astype(jnp.float32), sums))
+        batch = HScoreState(*(x.astype(jnp.float32) for x in sums), shift)
+        return merge_h_score(state, batch)
 
-    return Accumulator(init, update, _add, h_score_from_sums)
+    def compute(state):
+        return h_score_from_sums(HScoreSums(*state[:-1]))
+
+    return Accumulator(init, update, merge_h_score, compute)

@@ -1,0 +1,342 @@
+"""The scoring engine: every score of a target set from one stream of batches.
+
+One function, :func:`run`, scores any set of scores from batches that are either a
+model's inputs (then a ``forward(params, inputs) -> (predictions, features)`` runs inside
+the same jitted step) or the outputs themselves (``forward=None``: in-memory arrays,
+memory-mapped ``.npy`` files). ``score_model``, ``score_zoo``, ``leep-jax score``, the
+experiments and the benchmarks all call it, so padding, masking, validation and the
+H-score shift are done here once.
+
+Pass 1 runs one jitted step per batch that updates the streaming states of
+:mod:`leep_jax.streaming.accumulators` (LEEP's joint, NCE counts, H-score sums) and a few
+validation flags (NaN/Inf, probability rows) reduced on the device. Exact LEEP then needs
+a second sum with the conditional ``P(y|z)`` frozen: over the predictions kept on the
+device, or over the batches again (a second forward pass, or a second read of the
+arrays). The steps are module-level jitted functions with the forward and the
+configuration as static arguments, so they compile once per forward, configuration and
+batch shape, and a second call with other weights of the same architecture compiles
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leep_jax.scores._validation import PROBABILITY_ATOL
+from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES
+from leep_jax.streaming import accumulators
+from leep_jax.streaming.sources import Batch, BatchSource
+
+Forward = Callable[[Any, Any], tuple[Any, Any]]
+_NO_ROW = np.iinfo(np.int32).max
+
+
+def given_outputs(params, inputs):
+    """The forward of sources that hold outputs already: ``inputs = (predictions, features)``."""
+    del params
+    return inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The static configuration of one scoring run (hashable: a jit static argument)."""
+
+    num_target_classes: int
+    metrics: tuple[str, ...]
+    from_logits: bool
+    num_source_classes: int  # 0 when no score reads predictions
+    feature_dim: int  # 0 when no score reads features
+    keep_predictions: bool  # keep pass-1 predictions on device for LEEP's second sum
+
+    @property
+    def reads_predictions(self) -> bool:
+        return any(m in PREDICTION_SCORES for m in self.metrics)
+
+    @property
+    def reads_features(self) -> bool:
+        return any(m in FEATURE_SCORES for m in self.metrics)
+
+    def accumulators(self) -> dict[str, accumulators.Accumulator]:
+        """Pass-1 accumulator per score (LEEP's is its joint)."""
+        y, z, d = self.num_target_classes, self.num_source_classes, self.feature_dim
+        made = {
+            "leep": lambda: accumulators.joint(y, z, from_logits=self.from_logits),
+            "nce": lambda: accumulators.nce(y, z),
+            "h_score": lambda: accumulators.h_score(y, d),
+        }
+        return {metric: made[metric]() for metric in self.metrics}
+
+    def log_eep(self) -> accumulators.ConditionalAccumulator:
+        return accumulators.log_eep(
+            self.num_target_classes, self.num_source_classes, from_logits=self.from_logits
+        )
+
+
+class Checks(NamedTuple):
+    """Validation flags of the rows seen so far, reduced on the device."""
+
+    nonfinite_prediction_row: jax.Array  # i32[]: first row with NaN/Inf, or int32 max
+    nonfinite_feature_row: jax.Array  # i32[]
+    min_probability: jax.Array  # f32[]
+    worst_row_error: jax.Array  # f32[]: max |sum of a probability row - 1|
+    worst_row: jax.Array  # i32[]
+
+
+def _no_problems() -> Checks:
+    return Checks(
+        jnp.array(_NO_ROW, jnp.int32),
+        jnp.array(_NO_ROW, jnp.int32),
+        jnp.array(jnp.inf, jnp.float32),
+        jnp.array(0, jnp.float32),
+        jnp.array(_NO_ROW, jnp.int32),
+    )
+
+
+def _first_bad_row(values, mask, first_row):
+    bad = mask & ~jnp.all(jnp.isfinite(values), axis=1)
+    return jnp.where(jnp.any(bad), first_row + jnp.argmax(bad), _NO_ROW).astype(jnp.int32)
+
+
+def _batch_checks(checks: Checks, predictions, features, mask, first_row, plan: Plan) -> Checks:
+    checks = checks._replace(
+        nonfinite_prediction_row=jnp.minimum(
+            checks.nonfinite_prediction_row,
+            _NO_ROW if predictions is None else _first_bad_row(predictions, mask, first_row),
+        ),
+        nonfinite_feature_row=jnp.minimum(
+            checks.nonfinite_feature_row,
+            _NO_ROW if features is None else _first_bad_row(features, mask, first_row),
+        ),
+    )
+    if predictions is None or plan.from_logits:
+        return checks
+    values = predictions.astype(jnp.float32)
+    row_error = jnp.where(mask, jnp.abs(jnp.sum(values, axis=1) - 1), 0)
+    worse = jnp.max(row_error) > checks.worst_row_error
+    return checks._replace(
+        min_probability=jnp.minimum(
+            checks.min_probability, jnp.min(jnp.where(mask[:, None], values, jnp.inf))
+        ),
+        worst_row_error=jnp.maximum(checks.worst_row_error, jnp.max(row_error)),
+        worst_row=jnp.where(worse, first_row + jnp.argmax(row_error), checks.worst_row),
+    )
+
+
+def raise_for(checks: Checks, *, from_logits: bool, probability_dtype) -> None:
+    """Raises the ValueError of :func:`leep_jax.leep` for the first problem flagged."""
+    checks = jax.device_get(checks)
+    row = int(checks.nonfinite_prediction_row)
+    if row != _NO_ROW:
+        raise ValueError(f"predictions contain NaN or Inf (first in row {row})")
+    if not from_logits and probability_dtype is not None:
+        low = float(checks.min_probability)
+        if low < 0:
+            raise ValueError(
+                f"predictions contain negative probabilities (min {low:.3g}); "
+                "pass from_logits=True for logits"
+            )
+        # bfloat16 rounds each probability by up to 2**-8 relative: allow its epsilon.
+        tolerance = max(PROBABILITY_ATOL, float(jnp.finfo(probability_dtype).eps))
+        error = float(checks.worst_row_error)
+        if error > tolerance:
+            raise ValueError(
+                f"predictions rows must sum to 1 (tolerance {tolerance:.3g}); row "
+                f"{int(checks.worst_row)} is off by {error:.3g}; pass from_logits=True for logits"
+            )
+    row = int(checks.nonfinite_feature_row)
+    if row != _NO_ROW:
+        raise ValueError(f"features contain NaN or Inf (first in row {row})")
+
+
+def _outputs(forward: Forward, params, inputs, plan: Plan):
+    predictions, features = forward(params, inputs)
+    return (
+        predictions if plan.reads_predictions else None,
+        features if plan.reads_features else None,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("forward", "plan"))
+def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forward, plan: Plan):
+    """One batch of pass 1: the forward, every pass-1 state and the checks.
+
+    Returns ``(state, kept)``; ``kept`` is the batch's predictions when LEEP keeps them
+    for its second sum, else None.
+    """
+    predictions, features = _outputs(forward, params, inputs, plan)
+    new = {
+        "count": state["count"] + jnp.sum(mask, dtype=jnp.float32),
+        "checks": _batch_checks(state["checks"], predictions, features, mask, first_row, plan),
+    }
+    for metric, acc in plan.accumulators().items():
+        values = predictions if metric in PREDICTION_SCORES else features
+        new[metric] = acc.update(state[metric], values, labels, mask)
+    kept = predictions if "leep" in plan.metrics and plan.keep_predictions else None
+    return new, kept
+
+
+@functools.partial(jax.jit, static_argnames=("forward", "plan"))
+def pass2_step(state, params, inputs, labels, mask, conditional, *, forward: Forward, plan: Plan):
+    """One batch of LEEP's second sum, with the conditional frozen after pass 1."""
+    predictions, _ = forward(params, inputs)
+    return plan.log_eep().update(state, predictions, labels, conditional, mask)
+
+
+def _kept_predictions(params, inputs):
+    del params
+    return inputs, None
+
+
+def _shapes(forward: Forward, params, first: Batch) -> tuple[Any, Any]:
+    """Abstract ``(predictions, features)`` of one batch, checked to be ``[b, k]`` floats."""
+    outputs = jax.eval_shape(forward, params, first.inputs)
+    if not isinstance(outputs, (tuple, list)) or len(outputs) != 2:
+        raise ValueError("the forward pass must return a pair (predictions, features)")
+    batch_size = first.labels.shape[0]
+    for name, out in zip(("predictions", "features"), outputs, strict=True):
+        if out is None:
+            continue
+        if out.ndim != 2 or out.shape[0] != batch_size:
+            raise ValueError(
+                f"the forward pass must return {name} of shape [{batch_size}, k] for a batch "
+                f"of {batch_size}, got {out.shape}"
+            )
+        if not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"the forward pass must return floating {name}, got {out.dtype}")
+    return outputs[0], outputs[1]
+
+
+class Result(NamedTuple):
+    """What :func:`run` measured."""
+
+    scores: dict[str, float]  # in the order the metrics were asked for
+    n: int  # examples counted
+    forward_passes: int  # 1, or 2 when LEEP's second sum ran the forward again
+    seconds: float  # wall time, compilation included
+
+
+def run(
+    source: BatchSource,
+    num_target_classes: int,
+    metrics: tuple[str, ...],
+    *,
+    forward: Forward = given_outputs,
+    params: Any = None,
+    from_logits: bool = True,
+    keep_predictions: bool = True,
+) -> Result:
+    """Scores ``metrics`` over the batches of ``source``.
+
+    Args:
+      source: ``(second_pass=False) -> iterator`` of fixed-size
+        :class:`~leep_jax.streaming.sources.Batch` es (see
+        :mod:`leep_jax.streaming.sources`); called again with ``second_pass=True`` for
+        LEEP's second sum when ``keep_predictions`` is False (a source may then skip
+        what that sum does not read, such as features).
+      num_target_classes: ``Y``, a checked Python int.
+      metrics: checked score names (:data:`leep_jax.scores.names.SCORE_NAMES`).
+      forward: ``(params, inputs) -> (predictions [b, Z], features [b, D])``, hashable
+        (it is a static argument of the jitted steps); the default takes
+        ``inputs = (predictions, features)`` as they are.
+      params: the forward's weights, a pytree of arrays (traced, not static).
+      from_logits: whether predictions are logits (else probabilities, checked).
+      keep_predictions: keep pass-1 predictions on device for LEEP's second sum (memory
+        ``n x Z``) instead of reading the batches again.
+
+    Returns:
+      A :class:`Result`.
+
+    Raises:
+      ValueError: no batches, outputs of the wrong shape, NaN/Inf, invalid probability
+        rows, every row masked, or a second pass that counts other examples.
+    """
+    started = time.perf_counter()
+    stream = source()
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("batches is empty")
+    predictions, features = _shapes(forward, params, first)
+    if predictions is None and any(m in PREDICTION_SCORES for m in metrics):
+        raise ValueError(f"{metrics} need predictions, but there are none")
+    if features is None and any(m in FEATURE_SCORES for m in metrics):
+        raise ValueError(f"{metrics} need features, but there are none")
+    plan = Plan(
+        num_target_classes,
+        metrics,
+        from_logits,
+        0 if predictions is None else predictions.shape[1],
+        0 if features is None else features.shape[1],
+        keep_predictions,
+    )
+    state = {name: acc.init() for name, acc in plan.accumulators().items()}
+    state["count"], state["checks"] = jnp.zeros((), jnp.float32), _no_problems()
+    step = functools.partial(pass1_step, forward=forward, plan=plan)
+    probability_dtype = None if predictions is None else predictions.dtype
+
+    def check(checks):
+        raise_for(checks, from_logits=from_logits, probability_dtype=probability_dtype)
+
+    kept, previous, batch = [], None, first
+    while batch is not None:
+        state, predictions_kept = step(state, params, *batch)
+        if predictions_kept is not None:
+            kept.append((predictions_kept, batch.labels, batch.mask))
+        if previous is not None:
+            check(previous)  # one step late: the host reads the next batch meanwhile
+        previous = state["checks"]
+        batch = next(stream, None)
+    check(state["checks"])
+
+    n = int(state["count"])
+    if n == 0:
+        raise ValueError("the masks exclude every example; a score needs at least one")
+    accs = plan.accumulators()
+    scores = {m: float(accs[m].compute(state[m])) for m in metrics if m != "leep"}
+    forward_passes = 1
+    if "leep" in metrics:
+        scores["leep"], forward_passes = _second_sum(
+            source, state["leep"], kept, forward, params, plan, n
+        )
+    return Result({m: scores[m] for m in metrics}, n, forward_passes, time.perf_counter() - started)
+
+
+def _second_sum(source, joint_state, kept, forward, params, plan: Plan, n: int):
+    """LEEP from the complete joint: over the kept predictions, or over the batches again."""
+    conditional = accumulators.conditional(joint_state)
+    state = plan.log_eep().init()
+    batches: Iterator
+    if plan.keep_predictions:
+        forward, params, forward_passes = _kept_predictions, None, 1
+        batches = iter(kept)
+    else:
+        forward_passes = 1 if forward is given_outputs else 2
+        forward = _Predictions(forward)
+        batches = ((b.inputs, b.labels, b.mask) for b in source(second_pass=True))
+    for inputs, labels, mask in batches:
+        state = pass2_step(
+            state, params, inputs, labels, mask, conditional, forward=forward, plan=plan
+        )
+    if int(state.count) != n:
+        raise ValueError(
+            f"the second pass over batches counted {int(state.count)} examples, the first "
+            f"{n}: batches must yield the same data each time"
+        )
+    return float(plan.log_eep().compute(state)), forward_passes
+
+
+@dataclasses.dataclass(frozen=True)
+class _Predictions:
+    """A forward whose features are dropped (XLA then skips computing what only they need)."""
+
+    forward: Forward
+
+    def __call__(self, params, inputs):
+        return self.forward(params, inputs)[0], None
