@@ -16,7 +16,7 @@ import pytest
 import reference as ref
 
 import leep_jax
-from leep_jax.cli import score as score_cli
+from leep_jax.streaming import engine, sources
 from leep_jax.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,12 +372,12 @@ def test_missing_required_argument(capsys):
 def test_streaming_compiles_once_per_shape(tmp_path, capsys):
     """Ragged last batches are padded: more batches or another n add no compilation."""
     batch_size = 24  # used by no other test, so the jit caches start without it
-    before = (score_cli._pass1_batch._cache_size(), score_cli._pass2_batch._cache_size())
+    before = (engine.pass1_step._cache_size(), engine.pass2_step._cache_size())
     sizes = []
     for n, seed in [(100, 0), (96, 1), (250, 2)]:  # 5 ragged, 4 full, 11 ragged batches
         paths = save(tmp_path, make_task(n=n, seed=seed))
         run_json(score_argv(paths, batch_size=batch_size), capsys)
-        sizes.append((score_cli._pass1_batch._cache_size(), score_cli._pass2_batch._cache_size()))
+        sizes.append((engine.pass1_step._cache_size(), engine.pass2_step._cache_size()))
     assert sizes[0] == (before[0] + 1, before[1] + 1)
     assert sizes[1] == sizes[2] == sizes[0]
 
@@ -385,7 +385,7 @@ def test_streaming_compiles_once_per_shape(tmp_path, capsys):
 def test_streaming_reads_one_memory_mapped_batch_at_a_time(task, capsys, monkeypatch):
     _, paths = task
     loads, reads = [], []
-    real_load, real_read = np.load, score_cli._NpyRows.read
+    real_load, real_read = np.load, sources.NpyRows.read
 
     def load(*args, **kwargs):
         loads.append(kwargs.get("mmap_mode"))
@@ -398,7 +398,7 @@ def test_streaming_reads_one_memory_mapped_batch_at_a_time(task, capsys, monkeyp
         return rows
 
     monkeypatch.setattr(np, "load", load)
-    monkeypatch.setattr(score_cli._NpyRows, "read", read)
+    monkeypatch.setattr(sources.NpyRows, "read", read)
     run_json(score_argv(paths, batch_size=BATCH), capsys)
     assert loads and set(loads) == {"r"}  # headers only: never a full, non-mapped load
     assert max(reads) == BATCH
