@@ -261,14 +261,13 @@ def _recentred(state: HScoreState, shift: jax.Array) -> HScoreState:
 def merge_h_score(a: HScoreState, b: HScoreState) -> HScoreState:
     """Sum of two H-score states, re-centred onto one shift when theirs differ.
 
-    Equal shifts (states of one configuration) add as plain sums, bit for bit. Otherwise
-    both are re-centred onto their count-weighted mean shift, a choice that does not
-    depend on the order of the arguments, so ``merge`` still commutes exactly. An empty
-    state is the identity.
+    The merged shift is the shift of the state with more rows (the midpoint of both
+    on a tie): no arithmetic that a compiler could contract differently for swapped
+    arguments, so ``merge`` commutes bit for bit, and states of one configuration
+    (equal shifts) add as plain sums. An empty state is the identity.
     """
-    total = a.count + b.count
-    weighted = (a.count * a.shift + b.count * b.shift) / jnp.where(total > 0, total, 1)
-    shift = jnp.where(jnp.all(a.shift == b.shift), a.shift, weighted)
+    midpoint = (a.shift + b.shift) * 0.5
+    shift = jnp.where(a.count > b.count, a.shift, jnp.where(b.count > a.count, b.shift, midpoint))
     summed = jax.tree.map(jnp.add, _recentred(a, shift)[:-1], _recentred(b, shift)[:-1])
     merged = HScoreState(*summed, shift)
     merged = jax.tree.map(lambda x, y: jnp.where(a.count > 0, x, y), merged, b)

@@ -1,0 +1,221 @@
+"""The scoring engine: compile once per architecture, merge of shifted H-score states, checks.
+
+Property tests (hypothesis) of the accumulators: any batch split gives the in-memory
+scores, and merge is commutative (exactly) and associative (to rounding), also for
+H-score states whose shifts differ.
+"""
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import leep_jax
+from leep_jax import streaming
+from leep_jax.models import SmallCNN, forward
+
+Y = 3
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts XLA compilations (JAX's own monitoring events) inside the block."""
+    compiled = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield compiled
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _target(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.random((n, 12, 12, 1)).astype(np.float32)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    return [(images[i : i + 16], labels[i : i + 16]) for i in range(0, n, 16)], images, labels
+
+
+def _in_memory(logits, features, labels):
+    return {
+        "leep": float(leep_jax.leep(logits, labels, Y, from_logits=True)),
+        "nce": float(leep_jax.nce(logits, labels, Y, from_logits=True)),
+        "h_score": float(leep_jax.h_score(features, labels, Y)),
+    }
+
+
+def _assert_scores(got, want):
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("keep_predictions", [True, False])
+def test_a_second_model_of_one_architecture_compiles_nothing(keep_predictions):
+    batches, images, labels = _target()
+    first, second = (SmallCNN(5, width=4, rngs=nnx.Rngs(seed)) for seed in (1, 2))
+    leep_jax.score_model(first, batches, Y, keep_predictions=keep_predictions)
+    with count_compilations() as compiled:
+        got = leep_jax.score_model(second, batches, Y, keep_predictions=keep_predictions)
+    assert compiled == []
+    second.eval()
+    _assert_scores(got, _in_memory(*forward(second, images), labels))
+    assert got["forward_passes"] == (1 if keep_predictions else 2)
+
+
+def _apply(params, images):
+    model = nnx.merge(*params)
+    return forward(model, images)
+
+
+def test_apply_fn_with_params_compiles_once():
+    batches, images, labels = _target(seed=1)
+    models = [SmallCNN(5, width=4, rngs=nnx.Rngs(seed)) for seed in (3, 4)]
+    for model in models:
+        model.eval()
+    graphdef = nnx.graphdef(models[0])
+    leep_jax.score_model(_apply, batches, Y, params=(graphdef, nnx.state(models[0])))
+    with count_compilations() as compiled:
+        got = leep_jax.score_model(_apply, batches, Y, params=(graphdef, nnx.state(models[1])))
+    assert compiled == []
+    _assert_scores(got, _in_memory(*forward(models[1], images), labels))
+
+
+def test_module_in_training_mode_is_scored_in_eval_mode_and_left_unchanged():
+    batches, images, labels = _target(seed=2)
+    model = SmallCNN(5, width=4, rngs=nnx.Rngs(5))  # training mode, as built
+    before = jax.tree.map(np.asarray, nnx.state(model))
+    got = leep_jax.score_model(model, batches, Y)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model), before)
+    model.eval()
+    _assert_scores(got, _in_memory(*forward(model, images), labels))
+
+
+def test_nan_outputs_and_bad_models_are_refused():
+    batches, _, _ = _target(seed=3)
+
+    def nan_in_row_20(images):
+        logits = jnp.zeros((images.shape[0], 4)).at[:, 0].set(images[:, 0, 0, 0])
+        return jnp.where(images[:, :1, 0, 0] > 2, jnp.nan, logits), logits
+
+    batches[1][0][4, 0, 0, 0] = 3.0  # row 16 + 4
+    with pytest.raises(ValueError, match=r"predictions contain NaN or Inf \(first in row 20\)"):
+        leep_jax.score_model(nan_in_row_20, batches, Y)
+    with pytest.raises(ValueError, match="nnx.Module carries its weights"):
+        leep_jax.score_model(SmallCNN(5, rngs=nnx.Rngs(0)), batches, Y, params={})
+    with pytest.raises(ValueError, match="metrics must be a non-empty subset"):
+        leep_jax.score_model(nan_in_row_20, batches, Y, metrics=("leep", "bogus"))
+
+
+# --- merge of H-score states with different shifts ----------------------------------
+
+D = 3
+
+
+def _features(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    # A large common offset: raw float32 sums would lose digits to it.
+    features = (rng.normal(size=(n, D)) + labels[:, None] + 30).astype(np.float32)
+    return features, labels
+
+
+def test_h_score_states_with_different_shifts_merge_exactly():
+    features, labels = _features(60, 0)
+    acc = jax.tree.map(jax.jit, streaming.h_score(Y, D))
+    a = acc.update(acc.init(), features[:20], labels[:20])
+    b = acc.update(acc.init(), features[20:], labels[20:])
+    assert not np.array_equal(a.shift, b.shift)  # each took its own batch mean
+    merged = acc.merge(a, b)
+    jax.tree.map(np.testing.assert_array_equal, merged, acc.merge(b, a))
+    expected = leep_jax.h_score(features, labels, Y)
+    np.testing.assert_allclose(acc.compute(merged), expected, rtol=1e-5)
+    # The merged sums equal the sums taken directly around the merged shift.
+    direct = streaming.h_score(Y, D, shift=merged.shift)
+    direct_state = direct.update(direct.init(), features, labels)
+    for got, want in zip(merged[:-1], direct_state[:-1], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+    # A plain sum of the two states would be wrong: the shift is what merge checks.
+    wrong = jax.tree.map(jnp.add, a, b)
+    assert abs(float(acc.compute(wrong)) - float(expected)) > 1e-3
+
+
+def test_fixed_shift_rejects_a_wrong_shape():
+    with pytest.raises(ValueError, match="shift must have shape"):
+        streaming.h_score(Y, D, shift=jnp.zeros(D + 1))
+
+
+_SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+MAX_N = 40
+
+
+@st.composite
+def _splits(draw):
+    n = draw(st.integers(4, MAX_N))
+    cuts = sorted(draw(st.sets(st.integers(1, n - 1), max_size=4)))
+    masked = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    return n, [0, *cuts, n], np.array(masked)
+
+
+def _padded(x, lo, hi):
+    """Rows lo:hi of x zero-padded to MAX_N rows: one shape, so one compilation."""
+    rows = x[lo:hi]
+    return np.pad(rows, [(0, MAX_N - len(rows))] + [(0, 0)] * (rows.ndim - 1))
+
+
+@functools.cache
+def _accumulators():
+    accs = {
+        "joint": streaming.joint(Y, 5, from_logits=True),
+        "nce": streaming.nce(Y, 5),
+        "h_score": streaming.h_score(Y, D),
+    }
+    return {name: jax.tree.map(jax.jit, acc) for name, acc in accs.items()}
+
+
+@jax.jit
+def _in_memory_scores(logits, features, labels, mask):
+    kwargs = {"mask": mask, "validate_inputs": False}
+    return {
+        "joint": leep_jax.joint_distribution(logits, labels, Y, from_logits=True, **kwargs),
+        "nce": leep_jax.nce(logits, labels, Y, from_logits=True, **kwargs),
+        "h_score": leep_jax.h_score(features, labels, Y, **kwargs),
+    }
+
+
+@_SETTINGS
+@given(split=_splits(), seed=st.integers(0, 2**16))
+def test_any_batch_split_and_merge_order_give_the_in_memory_scores(split, seed):
+    n, cuts, unmasked = split
+    unmasked[0] = True  # at least one counted row
+    features, labels = _features(n, seed)
+    logits = np.random.default_rng(seed + 1).normal(size=(n, 5)).astype(np.float32)
+    inputs = {"joint": logits, "nce": logits, "h_score": features}
+    want = _in_memory_scores(*(_padded(x, 0, n) for x in (logits, features, labels, unmasked)))
+    for name, acc in _accumulators().items():
+        states = [
+            acc.update(
+                acc.init(),
+                *(_padded(x, lo, hi) for x in (inputs[name], labels, unmasked)),
+            )
+            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        left = functools.reduce(acc.merge, states)
+        right = functools.reduce(lambda x, y: acc.merge(y, x), reversed(states))
+        rtol = 2e-4 if name == "h_score" else 1e-5
+        for merged in (left, right):
+            np.testing.assert_allclose(acc.compute(merged), want[name], rtol=rtol, atol=1e-5)
+        if len(states) >= 2:
+            a, b = states[0], states[1]
+            jax.tree.map(np.testing.assert_array_equal, acc.merge(a, b), acc.merge(b, a))
