@@ -16,8 +16,8 @@ import pytest
 import reference as ref
 
 import leep_jax
-from leep_jax.streaming import engine, sources
 from leep_jax.cli.main import main
+from leep_jax.streaming import engine, sources
 
 REPO = Path(__file__).resolve().parents[1]
 N, Y, Z, D = 100, 4, 6, 5

@@ -1,0 +1,112 @@
+"""Inputs no other test feeds: tied maxima, labels just outside the range, merges of log-EEP.
+
+Each case here was a deliberate bug (a mutant) that the rest of the suite let through:
+NCE breaking argmax ties toward the last index, a label range check off by one, and a
+max-instead-of-sum merge.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as ref
+from flax import nnx
+
+import leep_jax
+from leep_jax import streaming
+from leep_jax.models import SmallCNN, score_zoo
+
+Y, Z = 3, 4
+
+
+def _tied_problem(n=60, seed=0):
+    """Probabilities whose maximum is tied in every row, between varying columns."""
+    rng = np.random.default_rng(seed)
+    probs = np.zeros((n, Z), np.float32)
+    for i in range(n):
+        first, second = sorted(rng.choice(Z, 2, replace=False))
+        probs[i, [first, second]] = 0.4
+        probs[i, probs[i] == 0] = 0.2 / (Z - 2)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    return probs, labels
+
+
+def test_nce_breaks_ties_toward_the_first_index():
+    probs, labels = _tied_problem()
+    want = ref.nce(probs.astype(np.float64), labels, Y)
+    last_index = ref.nce(probs[:, ::-1].astype(np.float64), labels, Y)  # ties the other way
+    assert abs(want - last_index) > 1e-3  # the data tell the two rules apart
+    logits = np.log(probs)
+    np.testing.assert_allclose(leep_jax.nce(probs, labels, Y), want, rtol=1e-6)
+    np.testing.assert_allclose(leep_jax.nce(logits, labels, Y, from_logits=True), want, rtol=1e-6)
+    acc = streaming.nce(Y, Z)
+    state = functools.reduce(
+        acc.merge,
+        [acc.update(acc.init(), probs[i : i + 7], labels[i : i + 7]) for i in range(0, 60, 7)],
+    )
+    np.testing.assert_allclose(acc.compute(state), want, rtol=1e-6)
+
+
+def _problem(n=40, seed=1):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, Z)).astype(np.float32)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    features = rng.normal(size=(n, 5)).astype(np.float32)
+    return logits, np.asarray(jax.nn.softmax(logits)), labels, features
+
+
+SCORES = {
+    "leep": lambda p, lg, f, y: leep_jax.leep(p, y, Y),
+    "leep_logits": lambda p, lg, f, y: leep_jax.leep(lg, y, Y, from_logits=True),
+    "nce": lambda p, lg, f, y: leep_jax.nce(p, y, Y),
+    "h_score": lambda p, lg, f, y: leep_jax.h_score(f, y, Y),
+    "joint_distribution": lambda p, lg, f, y: leep_jax.joint_distribution(p, y, Y),
+}
+
+
+@pytest.mark.parametrize("bad", [Y, -1])
+@pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax"])
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_labels_just_outside_the_range_are_refused(score, as_jax, bad):
+    logits, probs, labels, features = _problem()
+    labels = labels.copy()
+    labels[17] = bad
+    labels = jnp.asarray(labels) if as_jax else labels
+    with pytest.raises(
+        ValueError, match=rf"labels must lie in \[0, num_target_classes={Y}\), found {bad}"
+    ):
+        SCORES[score](probs, logits, features, labels)
+
+
+@pytest.mark.parametrize("bad", [Y, -1])
+@pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax"])
+def test_score_model_and_score_zoo_refuse_labels_just_outside_the_range(as_jax, bad):
+    rng = np.random.default_rng(2)
+    images = rng.random((20, 10, 10, 1)).astype(np.float32)
+    labels = rng.integers(0, Y, 20).astype(np.int32)
+    labels[13] = bad
+    labels = jnp.asarray(labels) if as_jax else labels
+    model = SmallCNN(5, width=4, rngs=nnx.Rngs(0))
+    message = rf"labels must lie in \[0, num_target_classes={Y}\), found {bad}"
+    with pytest.raises(ValueError, match=message):
+        leep_jax.score_model(model, [(images[:10], labels[:10]), (images[10:], labels[10:])], Y)
+    with pytest.raises(ValueError, match=message):
+        score_zoo({"m": model}, images, labels, Y, batch_size=8)
+
+
+def test_log_eep_merge_is_the_sum_over_the_concatenated_data():
+    logits, probs, labels, _ = _problem(seed=3)
+    joint, eep = streaming.joint(Y, Z), streaming.log_eep(Y, Z)
+    conditional = streaming.conditional(joint.update(joint.init(), probs, labels))
+    # Log-EEP terms are negative: a max-instead-of-sum merge would keep one batch only.
+    parts = [
+        eep.update(eep.init(), probs[i : i + 9], labels[i : i + 9], conditional)
+        for i in range(0, 40, 9)
+    ]
+    merged = functools.reduce(eep.merge, parts)
+    np.testing.assert_allclose(eep.compute(merged), leep_jax.leep(probs, labels, Y), rtol=1e-6)
+    np.testing.assert_allclose(merged.count, 40)
+    whole = eep.update(eep.init(), probs, labels, conditional)
+    np.testing.assert_allclose(merged.log_eep_sum, whole.log_eep_sum, rtol=1e-6)
