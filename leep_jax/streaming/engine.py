@@ -64,20 +64,36 @@ class Plan:
     def reads_features(self) -> bool:
         return any(m in FEATURE_SCORES for m in self.metrics)
 
+    @property
+    def keeps_features(self) -> bool:
+        return any(m in IN_MEMORY_SCORES for m in self.metrics)
+
     def accumulators(self) -> dict[str, accumulators.Accumulator]:
-        """Pass-1 accumulator per score (LEEP's is its joint)."""
-        y, z, d = self.num_target_classes, self.num_source_classes, self.feature_dim
-        made = {
-            "leep": lambda: accumulators.joint(y, z, from_logits=self.from_logits),
-            "nce": lambda: accumulators.nce(y, z),
-            "h_score": lambda: accumulators.h_score(y, d),
+        """Pass-1 accumulator per streamed score (LEEP's is its joint)."""
+        return {
+            metric: ONE_PASS_SCORES[metric](self)
+            for metric in self.metrics
+            if metric in ONE_PASS_SCORES
         }
-        return {metric: made[metric]() for metric in self.metrics}
 
     def log_eep(self) -> accumulators.ConditionalAccumulator:
         return accumulators.log_eep(
             self.num_target_classes, self.num_source_classes, from_logits=self.from_logits
         )
+
+
+# How each score is computed from the stream. One-pass scores: an accumulator factory
+# taking the plan (LEEP's entry is its first pass, the joint). In-memory scores need all
+# features at once (an iterative fit or an N x N matrix): the engine keeps the features
+# of every batch on device and calls the score once, masked.
+ONE_PASS_SCORES: dict[str, Callable[[Plan], accumulators.Accumulator]] = {
+    "leep": lambda plan: accumulators.joint(
+        plan.num_target_classes, plan.num_source_classes, from_logits=plan.from_logits
+    ),
+    "nce": lambda plan: accumulators.nce(plan.num_target_classes, plan.num_source_classes),
+    "h_score": lambda plan: accumulators.h_score(plan.num_target_classes, plan.feature_dim),
+}
+IN_MEMORY_SCORES: dict[str, Callable[..., jax.Array]] = {}
 
 
 class Checks(NamedTuple):
@@ -168,8 +184,9 @@ def _outputs(forward: Forward, params, inputs, plan: Plan):
 def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forward, plan: Plan):
     """One batch of pass 1: the forward, every pass-1 state and the checks.
 
-    Returns ``(state, kept)``; ``kept`` is the batch's predictions when LEEP keeps them
-    for its second sum, else None.
+    Returns ``(state, kept)``: ``kept`` holds the batch's predictions when LEEP keeps
+    them for its second sum and its features when an in-memory score needs them (else
+    None).
     """
     predictions, features = _outputs(forward, params, inputs, plan)
     new = {
@@ -179,7 +196,10 @@ def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forwa
     for metric, acc in plan.accumulators().items():
         values = predictions if metric in PREDICTION_SCORES else features
         new[metric] = acc.update(state[metric], values, labels, mask)
-    kept = predictions if "leep" in plan.metrics and plan.keep_predictions else None
+    kept = (
+        predictions if "leep" in plan.metrics and plan.keep_predictions else None,
+        features if plan.keeps_features else None,
+    )
     return new, kept
 
 
@@ -284,11 +304,13 @@ def run(
     def check(checks):
         raise_for(checks, from_logits=from_logits, probability_dtype=probability_dtype)
 
-    kept, previous, batch = [], None, first
+    kept, kept_features, previous, batch = [], [], None, first
     while batch is not None:
-        state, predictions_kept = step(state, params, *batch)
+        state, (predictions_kept, features_kept) = step(state, params, *batch)
         if predictions_kept is not None:
             kept.append((predictions_kept, batch.labels, batch.mask))
+        if features_kept is not None:
+            kept_features.append((features_kept, batch.labels, batch.mask))
         if previous is not None:
             check(previous)  # one step late: the host reads the next batch meanwhile
         previous = state["checks"]
@@ -299,7 +321,17 @@ def run(
     if n == 0:
         raise ValueError("the masks exclude every example; a score needs at least one")
     accs = plan.accumulators()
-    scores = {m: float(accs[m].compute(state[m])) for m in metrics if m != "leep"}
+    scores = {m: float(accs[m].compute(state[m])) for m in accs if m != "leep"}
+    if plan.keeps_features:
+        features, labels, mask = (
+            jnp.concatenate(parts) for parts in zip(*kept_features, strict=True)
+        )
+        for metric in metrics:
+            if metric in IN_MEMORY_SCORES:
+                value = IN_MEMORY_SCORES[metric](
+                    features, labels, num_target_classes, mask=mask, validate_inputs=False
+                )
+                scores[metric] = float(value)
     forward_passes = 1
     if "leep" in metrics:
         scores["leep"], forward_passes = _second_sum(
