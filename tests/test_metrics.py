@@ -48,7 +48,9 @@ def random_batches(data, seed):
     """Four ragged batches in a random split."""
     rng = np.random.default_rng(seed + 100)
     cuts = np.sort(rng.choice(np.arange(1, N), size=3, replace=False))
-    return [{k: v[a:b] for k, v in data.items()} for a, b in zip([0, *cuts], [*cuts, N])]
+    return [
+        {k: v[a:b] for k, v in data.items()} for a, b in zip([0, *cuts], [*cuts, N], strict=True)
+    ]
 
 
 @jax.jit
@@ -65,7 +67,7 @@ def phase_two(batch, frozen):
 def tree_merge(items):
     """Merges in a balanced tree: a different association order from a left fold."""
     while len(items) > 1:
-        pairs = [a.merge(b) for a, b in zip(items[::2], items[1::2])]
+        pairs = [a.merge(b) for a, b in zip(items[::2], items[1::2], strict=False)]
         items = pairs + ([items[-1]] if len(items) % 2 else [])
     return items[0]
 
@@ -236,9 +238,7 @@ def test_nnx_multimetric_in_nnx_jit_compiles_once():
         assert_scores(got, in_memory(data))
     assert len(traces) == 1
     mask = data["mask"]
-    np.testing.assert_allclose(
-        float(got["loss"]), data["features"].sum(1)[mask].mean(), rtol=1e-5
-    )
+    np.testing.assert_allclose(float(got["loss"]), data["features"].sum(1)[mask].mean(), rtol=1e-5)
 
 
 def test_from_accumulator_makes_any_accumulator_a_metric_in_one_line():
