@@ -290,3 +290,4 @@ def test_metrics_import_without_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clu.metrics"
+
