@@ -11,7 +11,7 @@ inside the ``nnx.jit`` train step.
 
 Usage::
 
-    python examples/train_loop.py --quick      # about a minute on a 2-core CPU
+    python examples/train_loop.py --quick      # under two minutes on a 2-core CPU
     python examples/train_loop.py --epochs 5   # all 30,000 source images
 
 Needs the FashionMNIST IDX files (see ``leep_jax.data.load_fashion_mnist``).
@@ -94,11 +94,13 @@ def target_scores(model, target_phase_one, target_phase_two, batches):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a small run (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="a small run (1,500 images, 3 epochs)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if (args.epochs is not None and args.epochs < 1) or args.batch_size < 1:
+        parser.error("--epochs and --batch-size must be positive")
     epochs = args.epochs or (3 if args.quick else 5)
     per_class = {"regime": "small", "max_per_class": 300} if args.quick else {}
     test_cap = 100 if args.quick else None

@@ -15,7 +15,7 @@ class NnxMetric(nnx.metrics.Metric):
     held metric, so it takes the same keyword outputs and ignores the ones it does not
     name: it sits in an ``nnx.MultiMetric`` beside ``nnx.metrics.Average`` and
     ``nnx.metrics.Accuracy``, and its state is a Variable, so updates inside ``nnx.jit``
-    (or ``nnx.scan``) persist.
+    persist.
 
     Args:
       metric_class: a ``clu.metrics.Metric`` subclass, e.g. ``leep_jax.metrics.nce(10, 10)``.
