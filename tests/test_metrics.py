@@ -289,3 +289,21 @@ def test_metrics_import_without_tensorflow():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "clu.metrics"
+
+
+def test_merge_and_reduce_go_through_the_accumulators_merge():
+    # A merge that is not a sum (a running maximum): a tree-sum of states would fail here.
+    running_max = streaming.Accumulator(
+        init=lambda: jnp.full((), -jnp.inf),
+        update=lambda state, values, mask=None: jnp.maximum(
+            state, jnp.max(jnp.where(mask, values, -jnp.inf) if mask is not None else values)
+        ),
+        merge=jnp.maximum,
+        compute=lambda state: state,
+    )
+    Max = metrics.from_accumulator(running_max, "values")
+    values = jnp.arange(24.0).reshape(8, 3) - 30
+    stacked = jax.vmap(lambda v: Max.from_model_output(values=v))(values)
+    assert float(stacked.reduce().compute()) == -7.0
+    masked = Max.from_model_output(values=values[0], mask=jnp.array([1.0, 0.0, 0.0]))
+    assert float(Max.empty().merge(masked).merge(Max.empty()).compute()) == -30.0
