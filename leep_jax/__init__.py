@@ -15,10 +15,21 @@ from leep_jax.streaming import score_model
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # leep_jax.metrics imports clu and flax.nnx (about a second): only on first use.
+    if name == "metrics":
+        import importlib
+
+        return importlib.import_module("leep_jax.metrics")
+    raise AttributeError(f"module 'leep_jax' has no attribute {name!r}")
+
+
 __all__ = [
     "h_score",
     "joint_distribution",
     "leep",
+    "metrics",
     "nce",
     "score_model",
     "sharded_scores",
