@@ -45,7 +45,6 @@ def test_quick_training_loop_prints_a_table_of_scores():
     assert summary.startswith("metrics vs leep_jax.score_model, max |difference|: "), summary
     differences = dict(part.split() for part in summary.split(": ")[1].split(", "))
     assert float(differences["leep"]) < 1e-5 and float(differences["nce"]) < 1e-5, summary
-    # H-score: the accumulator behind the metric sums raw float32 features while
-    # score_model shifts them by a first-batch mean, so they part in the 4th digit.
+    # H-score: both shift the features by a batch mean; batch-wise merges re-centre.
     h_scores = [row["h_score"] for row in rows]
-    assert float(differences["h_score"]) < 1e-3 * max(h_scores), summary
+    assert float(differences["h_score"]) < 1e-4 * max(h_scores), summary

@@ -19,7 +19,7 @@ import flax.struct
 import jax.numpy as jnp
 from clu import metrics as clu_metrics
 
-from leep_jax.streaming import Accumulator
+from leep_jax.streaming import Accumulator, ConditionalAccumulator
 
 
 @flax.struct.dataclass
@@ -130,7 +130,7 @@ def from_accumulator(
       >>> float(NCE.empty().merge(batch).merge(more).compute())
       0.0
     """
-    if not isinstance(accumulator, Accumulator):
+    if not isinstance(accumulator, (Accumulator, ConditionalAccumulator)):
         raise ValueError(
             f"accumulator must be a leep_jax.streaming.Accumulator, got "
             f"{type(accumulator).__name__}"

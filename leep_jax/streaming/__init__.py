@@ -3,6 +3,8 @@
 from leep_jax.scores.h_score import HScoreSums
 from leep_jax.streaming.accumulators import (
     Accumulator,
+    ConditionalAccumulator,
+    HScoreState,
     JointState,
     LogEEPState,
     NCEState,
@@ -16,6 +18,8 @@ from leep_jax.streaming.score_model import score_model
 
 __all__ = [
     "Accumulator",
+    "ConditionalAccumulator",
+    "HScoreState",
     "HScoreSums",
     "JointState",
     "LogEEPState",
