@@ -45,7 +45,7 @@ def principal_scores(features, weights, variance_fraction):
     """
     total = jnp.sum(weights)
     mean = jnp.sum(features * weights[:, None], axis=0) / total
-    centered = (features - mean) * weights[:, None]
+    centered = (features - mean[None, :]) * weights[:, None]
     covariance = _matmul(centered.T, centered) / total
     eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
     eigenvalues = jnp.maximum(eigenvalues[::-1], 0)
@@ -63,7 +63,7 @@ def _squared_distances(x, centers):
     """``|x_i - c_m|^2``, ``[n, M]``."""
     cross = _matmul(x, centers.T)
     return jnp.maximum(
-        jnp.sum(x * x, axis=1)[:, None] - 2 * cross + jnp.sum(centers * centers, axis=1), 0
+        jnp.sum(x * x, axis=1)[:, None] - 2 * cross + jnp.sum(centers * centers, axis=1)[None, :], 0
     )
 
 
@@ -77,7 +77,7 @@ def kmeans_init(key, x, weights, num_components):
     log_weights = jnp.log(weights)
     first = jax.random.categorical(keys[0], log_weights)
     centers = jnp.zeros((num_components, x.shape[1]), x.dtype).at[0].set(x[first])
-    nearest = jnp.sum((x - x[first]) ** 2, axis=1)
+    nearest = jnp.sum((x - x[first][None, :]) ** 2, axis=1)
 
     def seed(m, carry):
         centers, nearest = carry
@@ -86,7 +86,7 @@ def kmeans_init(key, x, weights, num_components):
         logits = jnp.where(jnp.any(chance > 0), jnp.log(chance), log_weights)
         index = jax.random.categorical(keys[m], logits)
         centers = centers.at[m].set(x[index])
-        return centers, jnp.minimum(nearest, jnp.sum((x - x[index]) ** 2, axis=1))
+        return centers, jnp.minimum(nearest, jnp.sum((x - x[index][None, :]) ** 2, axis=1))
 
     centers, _ = jax.lax.fori_loop(1, num_components, seed, (centers, nearest))
 
@@ -122,7 +122,7 @@ def _log_gaussians(x, mixture_means, precision_cholesky):
 
     def one(params):
         mean, factor = params
-        projected = _matmul(x, factor) - _matmul(mean, factor)
+        projected = _matmul(x, factor) - _matmul(mean, factor)[None, :]
         log_det = jnp.sum(jnp.log(jnp.diagonal(factor)))
         return -0.5 * (dims * jnp.log(2 * jnp.pi) + jnp.sum(projected**2, axis=1)) + log_det
 
@@ -131,7 +131,7 @@ def _log_gaussians(x, mixture_means, precision_cholesky):
 
 def _e_step(x, weights, log_weights, means, precision_cholesky):
     """Log-responsibilities ``[n, M]`` and the weighted mean log-likelihood."""
-    joint = _log_gaussians(x, means, precision_cholesky) + log_weights
+    joint = _log_gaussians(x, means, precision_cholesky) + log_weights[None, :]
     log_norm = jax.nn.logsumexp(joint, axis=1)
     lower_bound = jnp.sum(log_norm * weights) / jnp.sum(weights)
     return joint - log_norm[:, None], lower_bound
@@ -155,7 +155,7 @@ def _m_step(x, weights, responsibilities, num_kept):
 
     def one(params):
         column, mean, count = params
-        centered = x - mean
+        centered = x - mean[None, :]
         covariance = _matmul((centered * column[:, None]).T, centered) / count
         covariance = (covariance + covariance.T) / 2
         jitter = dims * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(covariance))
@@ -208,13 +208,14 @@ def fit_gaussian_mixture(x, weights, initial_means, num_kept=None) -> GaussianMi
 def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_components):
     valid = _ops.valid_rows(labels, num_target_classes, mask)
     weights = valid.astype(scores.dtype)
-    scores = jnp.where(valid[:, None] & (jnp.arange(scores.shape[1]) < num_kept), scores, 0)
+    kept = jnp.arange(scores.shape[1]) < num_kept
+    scores = jnp.where(valid[:, None] & kept[None, :], scores, 0)
     initial_means = kmeans_init(key, scores, weights, num_components)
     mixture = fit_gaussian_mixture(scores, weights, initial_means, num_kept)
     log_posteriors, _ = _e_step(
         scores, weights, mixture.log_weights, mixture.means, mixture.precision_cholesky
     )
-    return leep(
+    score = leep(
         log_posteriors,
         labels,
         num_target_classes,
@@ -222,6 +223,8 @@ def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_componen
         mask=valid,
         validate_inputs=False,
     )
+    # The intermediate results come out too, for tests against a float64 EM.
+    return score, (scores, initial_means, log_posteriors, mixture.num_iterations)
 
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "variance_fraction"))
@@ -307,6 +310,23 @@ def nleep(
       >>> float(score) <= 0
       True
     """
+    return _fit(
+        features,
+        labels,
+        num_target_classes,
+        key,
+        components_per_class,
+        pca_variance,
+        mask,
+        validate_inputs,
+    )[0]
+
+
+def _fit(
+    features, labels, num_target_classes, key, components_per_class, pca_variance, mask, check
+):
+    """:func:`nleep` and its intermediates ``(scores, initial_means, log_posteriors,
+    num_iterations)``, for tests against a float64 EM."""
     if isinstance(components_per_class, bool) or int(components_per_class) < 1:
         raise ValueError(f"components_per_class must be >= 1, got {components_per_class!r}")
     if not 0 < float(pca_variance) <= 1:
@@ -318,7 +338,7 @@ def nleep(
         num_target_classes,
         mask,
         probabilities=False,
-        check=validate_inputs,
+        check=check,
     )
     num_components = int(components_per_class) * num_target_classes
     if features.shape[0] < num_components:
@@ -333,4 +353,3 @@ def nleep(
     if is_concrete(scores, key):
         scores = scores[:, : _bucket(int(num_kept), scores.shape[1])]
     return _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_components)
-

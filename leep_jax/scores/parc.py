@@ -34,7 +34,7 @@ def principal_components(features, weights, num_dims):
     """
     total = jnp.sum(weights)
     mean = jnp.sum(features * weights[:, None], axis=0) / total
-    centered = (features - mean) * weights[:, None]
+    centered = (features - mean[None, :]) * weights[:, None]
     covariance = jnp.matmul(centered.T, centered, precision=_HIGHEST) / total
     eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
     eigenvalues, eigenvectors = eigenvalues[::-1][:num_dims], eigenvectors[:, ::-1][:, :num_dims]
@@ -44,14 +44,14 @@ def principal_components(features, weights, num_dims):
     cutoff = features.shape[1] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(eigenvalues)
     kept = eigenvalues > cutoff
     scores = jnp.matmul(centered, eigenvectors, precision=_HIGHEST)
-    return jnp.where(kept, scores, 0), jnp.where(kept, eigenvalues, 0)
+    return jnp.where(kept[None, :], scores, 0), jnp.where(kept, eigenvalues, 0)
 
 
 def _standardize(features, weights):
     """scikit-learn's StandardScaler over weighted rows (constant columns become 0)."""
     total = jnp.sum(weights)
     mean = jnp.sum(features * weights[:, None], axis=0) / total
-    centered = (features - mean) * weights[:, None]
+    centered = (features - mean[None, :]) * weights[:, None]
     variance = jnp.sum(centered * centered, axis=0) / total
     valid = weights[:, None] > 0
     spread = jnp.max(jnp.where(valid, centered, -jnp.inf), axis=0) - jnp.min(
@@ -59,7 +59,7 @@ def _standardize(features, weights):
     )
     constant = (spread == 0) | (variance == 0)
     scale = jnp.where(constant, 1, jnp.sqrt(variance))
-    return jnp.where(constant, 0, centered / scale)
+    return jnp.where(constant[None, :], 0, centered / scale[None, :])
 
 
 def _row_normalize(features):
@@ -108,9 +108,7 @@ def spearman_with_binary(values, same, valid):
     # Invalid entries sort last (+inf) and form their own tie group; valid ranks are
     # then those among valid entries alone.
     keys = jnp.where(valid, values, jnp.inf)
-    keys, same_sorted, valid_sorted = jax.lax.sort(
-        (keys, same, valid), num_keys=1, is_stable=False
-    )
+    keys, same_sorted, valid_sorted = jax.lax.sort((keys, same, valid), num_keys=1, is_stable=False)
     size = keys.shape[0]
     position = jnp.arange(size, dtype=jnp.int32)
     starts_group = jnp.concatenate([jnp.ones((1,), bool), keys[1:] != keys[:-1]])
@@ -127,7 +125,8 @@ def spearman_with_binary(values, same, valid):
     covariance = -tree_sum(jnp.where(same_sorted, centred, 0))
     rank_variance = tree_sum(centred * centred)
     binary_variance = fraction_same * (1 - fraction_same) * count.astype(dtype)
-    return covariance / jnp.sqrt(rank_variance * binary_variance)
+    denominator = rank_variance * binary_variance
+    return jnp.where(denominator > 0, covariance / jnp.sqrt(denominator), jnp.nan)
 
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "num_dims"))
@@ -205,7 +204,7 @@ def parc(
       >>> labels = jnp.array([0, 0, 1, 1])
       >>> score = leep_jax.parc(features, labels, num_target_classes=2, num_dims=None)
       >>> round(float(score), 2)
-      83.67
+      82.81
     """
     if num_dims is not None and (isinstance(num_dims, bool) or int(num_dims) < 1):
         raise ValueError(f"num_dims must be a positive int or None, got {num_dims!r}")

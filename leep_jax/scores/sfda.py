@@ -47,8 +47,9 @@ def _class_statistics(features, labels, weights, num_classes):
     the peer's ``sum_c prior_c Cov_c`` with biased per-class covariances.
     """
     counts = _ops.row_sum_into((num_classes,), weights, labels, weights > 0)
-    sums = _ops.row_sum_into((num_classes, features.shape[1]), features * weights[:, None],
-                             labels, weights > 0)
+    sums = _ops.row_sum_into(
+        (num_classes, features.shape[1]), features * weights[:, None], labels, weights > 0
+    )
     means = sums / jnp.where(counts > 0, counts, 1)[:, None]
     deviations = (features - means[labels]) * weights[:, None]
     scatter = _matmul(deviations.T, deviations) / jnp.sum(weights)
@@ -81,13 +82,15 @@ def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
     total = jnp.sum(weights)
     # Centring on the mean cancels in the softmax and keeps float32 logits accurate.
     center = jnp.sum(counts[:, None] * means, axis=0) / total
-    centered_means = jnp.where(present[:, None], means - center, 0)
+    centered_means = jnp.where(present[:, None], means - center[None, :], 0)
     rotated = _matmul(centered_means, eigenvectors)  # [C, D]
-    coefficients = _matmul(eigenvectors, (rotated / shrunk).T)  # S_w'^{-1} mu_c, [D, C]
-    quadratic = jnp.sum(rotated * rotated / shrunk, axis=1)
+    coefficients = _matmul(eigenvectors, (rotated / shrunk[None, :]).T)  # S_w'^{-1} mu_c, [D, C]
+    quadratic = jnp.sum(rotated * rotated / shrunk[None, :], axis=1)
     log_prior = jnp.log(jnp.where(present, counts / total, 1))
-    logits = _matmul(features - center, coefficients) - quadratic / 2 + log_prior
-    logits = jnp.where(present, logits, -jnp.inf)  # the peer's classes: those present
+    logits = (
+        _matmul(features - center[None, :], coefficients) + (log_prior - quadratic / 2)[None, :]
+    )
+    logits = jnp.where(present[None, :], logits, -jnp.inf)  # the peer's classes: those present
     return jax.nn.softmax(logits, axis=1), shrinkage, counts, means
 
 
@@ -104,13 +107,13 @@ def _sfda(features, labels, mask, num_target_classes):
     present = counts > 0
     # The peer softens the probabilities with a second softmax (of probabilities, at
     # temperature 1) before ConfMix.
-    softened = jax.nn.softmax(jnp.where(present, probabilities, -jnp.inf), axis=1)
+    softened = jax.nn.softmax(jnp.where(present[None, :], probabilities, -jnp.inf), axis=1)
     confidence = jnp.take_along_axis(softened, labels[:, None], axis=1)  # [n, 1]
     num_present = jnp.sum(present)
     # Mean of the other present classes; with one class its weight 1 - p is 0.
-    others = (jnp.sum(jnp.where(present[:, None], means, 0), axis=0) - means) / jnp.maximum(
-        num_present - 1, 1
-    )
+    others = (
+        jnp.sum(jnp.where(present[:, None], means, 0), axis=0)[None, :] - means
+    ) / jnp.maximum(num_present - 1, 1)
     mixed = confidence * features + (1 - confidence) * others[labels]
     mixed = jnp.where(valid[:, None], mixed, 0)
     probabilities, _, _, _ = _fda_probabilities(
