@@ -15,6 +15,8 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Sums over ~n^2/2 pairs go through a tree of partial sums of this many terms, so the
 # float32 rounding error grows with log(n) instead of n.
 _SUM_FANOUT = 64
+# Pair ranks are int32: twice a rank, up to n^2, must stay below 2^31.
+MAX_EXAMPLES = 46_340
 
 
 def tree_sum(values: jax.Array) -> jax.Array:
@@ -88,16 +90,23 @@ def _pair_layout(num_rows):
 
 
 def spearman_with_binary(values, same, valid):
-    """Spearman correlation of ``values`` with a two-valued variable, ties averaged.
+    """Spearman correlation of ``values >= 0`` with a two-valued variable, ties averaged.
 
     ``same`` is True where the second variable takes its lower value (the label
     dissimilarity 0 of a same-class pair). The ranks of ``values`` are average ranks
     over the ``valid`` entries (scipy's ``rankdata(method="average")``); the second
     variable's average ranks are an increasing affine map of ``not same``, so
-    Spearman's rho is the Pearson correlation of the ranks with ``not same``.
+    Spearman's rho is the Pearson correlation of the ranks with ``not same``: from
+    each tie group's size ``t``, number of ``same`` entries ``s`` and first position
+    ``p`` (its average rank is ``p + (t + 1) / 2``).
+
+    One sort of ``uint32`` keys, the value's bits shifted left with ``same`` in the
+    low bit (order-preserving for non-negative floats): a single-operand sort is 8x
+    faster on XLA:CPU than sorting the values with two payload arrays (1.6 s against
+    12.4 s for 8e6 entries on a 2-core EPYC). Positions are int32: ``m < 2^30``.
 
     Args:
-      values: ``f32[m]``.
+      values: ``f32[m]``, non-negative.
       same: ``bool[m]``.
       valid: ``bool[m]``; invalid entries take no part.
 
@@ -105,25 +114,28 @@ def spearman_with_binary(values, same, valid):
       float32 rho; NaN where either variable is constant (undefined, as in scipy).
     """
     dtype = values.dtype
-    # Invalid entries sort last (+inf) and form their own tie group; valid ranks are
-    # then those among valid entries alone.
-    keys = jnp.where(valid, values, jnp.inf)
-    keys, same_sorted, valid_sorted = jax.lax.sort((keys, same, valid), num_keys=1, is_stable=False)
+    # Invalid entries become +inf: they sort last, in a tie group of their own.
+    values = jnp.where(valid, jnp.abs(values), jnp.inf).astype(jnp.float32)
+    keys = jax.lax.bitcast_convert_type(values, jnp.uint32) << 1 | same.astype(jnp.uint32)
+    keys = jnp.sort(keys)
+    value_bits = keys >> 1
+    valid_sorted = value_bits != jax.lax.bitcast_convert_type(jnp.float32(jnp.inf), jnp.uint32)
+    same_sorted = (keys & 1).astype(bool) & valid_sorted
     size = keys.shape[0]
     position = jnp.arange(size, dtype=jnp.int32)
-    starts_group = jnp.concatenate([jnp.ones((1,), bool), keys[1:] != keys[:-1]])
-    ends_group = jnp.concatenate([keys[1:] != keys[:-1], jnp.ones((1,), bool)])
+    starts_group = jnp.concatenate([jnp.ones((1,), bool), value_bits[1:] != value_bits[:-1]])
     first = jax.lax.cummax(jnp.where(starts_group, position, 0))
-    last = jax.lax.cummin(jnp.where(ends_group, position, size - 1), reverse=True)
+    # Per tie group, indexed by its first position: size and number of same entries.
+    group_size = jnp.zeros(size, jnp.int32).at[first].add(valid_sorted.astype(jnp.int32))
+    group_same = jnp.zeros(size, jnp.int32).at[first].add(same_sorted.astype(jnp.int32))
     count = jnp.sum(valid_sorted, dtype=jnp.int32)
-    # Twice the 1-based average rank minus (count + 1), exact in int32 for count < 2^30;
-    # divided by count it lies in [-1, 1]: the centred rank (the mean rank is (m+1)/2).
-    centred = (first + last + 2 - (count + 1)).astype(dtype) / count.astype(dtype)
-    centred = jnp.where(valid_sorted, centred, 0)
-    num_same = jnp.sum(valid_sorted & same_sorted, dtype=jnp.int32).astype(dtype)
+    # Twice the 1-based average rank minus (count + 1), exact in int32; over count it
+    # lies in [-1, 1]: the centred rank (the mean rank is (count + 1) / 2).
+    centred = (2 * position + group_size - count).astype(dtype) / count.astype(dtype)
+    num_same = jnp.sum(group_same).astype(dtype)
     fraction_same = num_same / count.astype(dtype)
-    covariance = -tree_sum(jnp.where(same_sorted, centred, 0))
-    rank_variance = tree_sum(centred * centred)
+    covariance = -tree_sum(group_same.astype(dtype) * centred)
+    rank_variance = tree_sum(group_size.astype(dtype) * centred * centred)
     binary_variance = fraction_same * (1 - fraction_same) * count.astype(dtype)
     denominator = rank_variance * binary_variance
     return jnp.where(denominator > 0, covariance / jnp.sqrt(denominator), jnp.nan)
@@ -192,7 +204,8 @@ def parc(
       or no two examples of one class) or all feature dissimilarities are equal.
 
     Raises:
-      ValueError: on invalid inputs, as :func:`leep_jax.leep`, or ``num_dims < 1``.
+      ValueError: on invalid inputs, as :func:`leep_jax.leep`, ``num_dims < 1``, or more
+        than 46,340 examples (the pairs' int32 ranks; 1.07e9 pairs is also ~13 GB).
 
     References:
       Bolya, Mittapalli, Hoffman. Scalable Diverse Model Selection for Accessible
@@ -217,4 +230,9 @@ def parc(
         probabilities=False,
         check=validate_inputs,
     )
+    if arrays[0].shape[0] > MAX_EXAMPLES:
+        raise ValueError(
+            f"parc takes at most {MAX_EXAMPLES} examples (int32 pair ranks), "
+            f"got {arrays[0].shape[0]}; subsample the examples"
+        )
     return _parc(*arrays, None if num_dims is None else int(num_dims))
