@@ -57,7 +57,7 @@ def _data(n, dims, classes, nleep_classes, seed=0):
     rng = np.random.default_rng(seed)
     scale = np.arange(1, dims + 1) ** -0.6  # standard deviations: variances j^-1.2
     labels = rng.integers(0, classes, n).astype(np.int32)
-    means = rng.normal(size=(classes, dims)) * scale * 0.7
+    means = rng.normal(size=(classes, dims)) * scale * 0.1  # overlapping classes
     noise = rng.standard_normal((n, dims), dtype=np.float32) * scale.astype(np.float32)
     features = (noise + means[labels]).astype(np.float32)
     targets = np.eye(classes, dtype=np.float32)[labels]  # logme_regression: one-hot columns
