@@ -246,3 +246,35 @@ def test_docstring_examples(name):
     module = importlib.import_module(f"leep_jax.scores.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_each_kernel_compiles_once_per_shape():
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    features, labels = class_data(10)
+    _, small_labels = class_data(11, n=60)
+    nleep_features, nleep_labels = mixture_data(4)
+    mask = jnp.ones(len(nleep_labels), bool)
+    calls = [
+        (sfda_module._sfda, lambda f: leep_jax.sfda(f, labels, NUM_CLASSES)),
+        (
+            parc_module._parc,
+            lambda f: leep_jax.parc(f[:60], small_labels, NUM_CLASSES, num_dims=None),
+        ),
+        (
+            nleep_module._nleep,
+            lambda f: leep_jax.nleep(
+                nleep_features * (1 + f[0, 0] ** 2),  # new values, same PCA width
+                nleep_labels,
+                NLEEP_CLASSES,
+                key=jax.random.key(int(f[0, 0] > 0)),
+                components_per_class=PER_CLASS,
+                mask=mask,
+            ),
+        ),
+    ]
+    for kernel, call in calls:
+        call(features)
+        size = kernel._cache_size()
+        call(features + 1.5)
+        call(2 * features)
+        assert kernel._cache_size() == size, kernel

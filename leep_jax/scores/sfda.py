@@ -37,7 +37,7 @@ def _largest_eigenvalue(matrix):
     for _ in range(_POWER_ITERATIONS):
         y = unit(_matmul(matrix, x))
         x = unit(_matmul(matrix, y))
-    return x @ _matmul(matrix, y)
+    return _matmul(x, _matmul(matrix, y))
 
 
 def _class_statistics(features, labels, weights, num_classes):
