@@ -93,6 +93,28 @@ def test_sfda_degenerate_inputs_are_finite():
     assert 0 < score <= 1
 
 
+def test_sfda_eigh_fallback_solves_and_floors():
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    matrix = (a @ a.T + np.eye(6)).astype(np.float32)
+    right = rng.normal(size=(6, 3)).astype(np.float32)
+    got = sfda_module._solve_by_eigh(jnp.asarray(matrix), jnp.asarray(right))
+    np.testing.assert_allclose(got, np.linalg.solve(matrix, right), rtol=1e-3, atol=1e-4)
+    cholesky, ok = sfda_module._solve_by_cholesky(jnp.asarray(matrix), jnp.asarray(right))
+    assert bool(ok)
+    np.testing.assert_allclose(cholesky, got, rtol=1e-3, atol=1e-4)
+    singular = np.zeros((6, 6), np.float32)
+    singular[0, 0] = 1.0
+    _, ok = sfda_module._solve_by_cholesky(
+        jnp.asarray(singular - np.eye(6, dtype=np.float32)), jnp.asarray(right)
+    )
+    assert not bool(ok)  # what sends _fda_probabilities to the eigh path
+    assert np.all(
+        np.isfinite(sfda_module._solve_by_eigh(jnp.asarray(singular), jnp.asarray(right)))
+    )
+
+
 # ------------------------------------------------------------------------------ PARC
 
 

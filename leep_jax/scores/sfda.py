@@ -56,6 +56,22 @@ def _class_statistics(features, labels, weights, num_classes):
     return counts, means, (scatter + scatter.T) / 2
 
 
+def _solve_by_cholesky(matrix, right):
+    """``matrix^{-1} right`` by Cholesky, and whether the factorisation succeeded."""
+    lower = jnp.linalg.cholesky(matrix)
+    solved = jax.scipy.linalg.cho_solve((lower, True), right)
+    return solved, jnp.all(jnp.isfinite(lower)) & jnp.all(jnp.isfinite(solved))
+
+
+def _solve_by_eigh(matrix, right):
+    """``matrix^{-1} right`` with eigenvalues raised to ``eps * max`` (never fails)."""
+    eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
+    floor = jnp.finfo(eigenvalues.dtype).eps * jnp.max(eigenvalues)
+    eigenvalues = jnp.maximum(eigenvalues, jnp.where(floor > 0, floor, 1))
+    rotated = _matmul(eigenvectors.T, right)
+    return _matmul(eigenvectors, rotated / eigenvalues[:, None])
+
+
 def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
     """``p(c | x_i)`` of the peer's FDA classifier, ``f32[n, C]``, and its shrinkage.
 
@@ -63,29 +79,30 @@ def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
     and keeps all ``D`` eigenvectors ``V``; since ``V^T S_w' V = I``, its ``V V^T`` is
     exactly ``S_w'^{-1}``, so the classifier is linear discriminant analysis with
     ``S_w'``: logits ``x^T S_w'^{-1} mu_c - mu_c^T S_w'^{-1} mu_c / 2 + log prior_c``.
-    ``S_w'^{-1}`` comes from the symmetric eigendecomposition of ``S_w``; float32
-    cannot resolve eigenvalues below ``eps * max``, which are raised to that floor
-    (the peer, in float64, would fail in Cholesky on a singular ``S_w'``).
+    ``S_w'^{-1} mu_c`` comes from a Cholesky solve (13x cheaper than ``eigh`` at
+    ``D = 1024`` on XLA:CPU) after a ridge of ``eps * max diag`` on ``S_w'``, the float32
+    resolution; should Cholesky still fail, from an eigendecomposition with eigenvalues
+    raised to ``eps * max`` (the peer, in float64, raises on a singular ``S_w'``).
     With ``shrinkage=None`` it is the peer's ``exp(-5 lambda_max(S_w))``.
     """
     counts, means, scatter = _class_statistics(features, labels, weights, num_classes)
     if shrinkage is None:
         shrinkage = jnp.maximum(jnp.exp(-5 * _largest_eigenvalue(scatter)), _MIN_SHRINKAGE)
     dim = scatter.shape[0]
-    eigenvalues, eigenvectors = jnp.linalg.eigh(scatter)
-    eigenvalues = jnp.maximum(eigenvalues, 0)
-    average = jnp.sum(eigenvalues) / dim  # the peer's trace(S_w) / D
-    shrunk = (1 - shrinkage) * eigenvalues + shrinkage * average
-    floor = jnp.finfo(shrunk.dtype).eps * jnp.max(shrunk)
-    shrunk = jnp.maximum(shrunk, jnp.where(floor > 0, floor, 1))
+    identity = jnp.eye(dim, dtype=scatter.dtype)
+    shrunk = (1 - shrinkage) * scatter + shrinkage * jnp.trace(scatter) / dim * identity
+    ridge = jnp.finfo(shrunk.dtype).eps * jnp.max(jnp.diagonal(shrunk))
+    shrunk = shrunk + jnp.where(ridge > 0, ridge, 1) * identity
     present = counts > 0
     total = jnp.sum(weights)
     # Centring on the mean cancels in the softmax and keeps float32 logits accurate.
     center = jnp.sum(counts[:, None] * means, axis=0) / total
     centered_means = jnp.where(present[:, None], means - center[None, :], 0)
-    rotated = _matmul(centered_means, eigenvectors)  # [C, D]
-    coefficients = _matmul(eigenvectors, (rotated / shrunk[None, :]).T)  # S_w'^{-1} mu_c, [D, C]
-    quadratic = jnp.sum(rotated * rotated / shrunk[None, :], axis=1)
+    coefficients, solved = _solve_by_cholesky(shrunk, centered_means.T)  # [D, C]
+    coefficients = jax.lax.cond(
+        solved, lambda: coefficients, lambda: _solve_by_eigh(shrunk, centered_means.T)
+    )
+    quadratic = jnp.sum(centered_means * coefficients.T, axis=1)
     log_prior = jnp.log(jnp.where(present, counts / total, 1))
     logits = (
         _matmul(features - center[None, :], coefficients) + (log_prior - quadratic / 2)[None, :]
@@ -148,10 +165,9 @@ def sfda(
 
     No standardisation, as in the peer. The peer's generalised eigenproblem keeps all
     ``D`` eigenvectors ``V`` with ``V^T S_w' V = I``, so its classifier only depends on
-    ``V V^T = S_w'^{-1}``: computed here from one symmetric eigendecomposition of
-    ``S_w`` per FDA. Needs all features in memory: ConfMix moves every example by an
-    amount that depends on the first FDA, so the second scatter is not a function of
-    sums collected in one pass.
+    ``V V^T = S_w'^{-1}``: applied here by one Cholesky solve per FDA. Needs all
+    features in memory: ConfMix moves every example by an amount that depends on the
+    first FDA, so the second scatter is not a function of sums collected in one pass.
 
     Only classes present in the data (after masking) take part, as in the peer; with
     labels ``0..K-1`` all present this is the peer's result. With one present class
