@@ -19,6 +19,7 @@ REG_COVAR = 1e-6
 TOLERANCE = 1e-3
 MAX_ITERATIONS = 100
 KMEANS_MAX_ITERATIONS = 300
+KMEANS_TOLERANCE = 1e-4
 # Components per lax.map step: about this many [n, dims] elements in flight.
 _BATCH_ELEMENTS = 1 << 24
 
@@ -68,8 +69,10 @@ def _squared_distances(x, centers):
 
 
 def kmeans_init(key, x, weights, num_components):
-    """k-means++ seeding from ``key``, then Lloyd iterations until labels settle.
+    """k-means++ seeding from ``key``, then Lloyd iterations as scikit-learn's KMeans.
 
+    Lloyd stops when no label changes or the centres move (sum of squared shifts) by
+    at most ``1e-4`` times the mean per-column variance, after at most 300 rounds.
     Masked rows are never chosen and do not move centres; an empty cluster keeps its
     centre (scikit-learn relocates it instead). Returns the centres, ``[M, dims]``.
     """
@@ -99,15 +102,22 @@ def kmeans_init(key, x, weights, num_components):
         moved = sums / jnp.where(counts > 0, counts, 1)[:, None]
         return jnp.where((counts > 0)[:, None], moved, centers)
 
+    total = jnp.sum(weights)
+    mean = jnp.sum(x * weights[:, None], axis=0) / total
+    variance = jnp.sum(((x - mean[None, :]) * weights[:, None]) ** 2, axis=0) / total
+    tolerance = KMEANS_TOLERANCE * jnp.mean(variance)
+
     def cond(carry):
-        step, _, _, changed = carry
-        return changed & (step < KMEANS_MAX_ITERATIONS)
+        step, _, _, going = carry
+        return going & (step < KMEANS_MAX_ITERATIONS)
 
     def body(carry):
-        step, labels, centers, _ = carry
-        centers = update(labels, centers)
+        step, labels, old_centers, _ = carry
+        centers = update(labels, old_centers)
         new_labels = assign(centers)
-        return step + 1, new_labels, centers, jnp.any((new_labels != labels) & (weights > 0))
+        changed = jnp.any((new_labels != labels) & (weights > 0))
+        moved = jnp.sum((centers - old_centers) ** 2) > tolerance
+        return step + 1, new_labels, centers, changed & moved
 
     labels = assign(centers)
     _, labels, centers, _ = jax.lax.while_loop(
