@@ -10,6 +10,7 @@ datasets, transfer methods and the paper's experiments live in :mod:`leep_jax.mo
 
 from leep_jax import streaming
 from leep_jax.scores import h_score, joint_distribution, leep, nce
+from leep_jax.scores import nleep, parc, sfda
 from leep_jax.sharding import sharded_scores
 from leep_jax.streaming import score_model
 
@@ -35,3 +36,4 @@ __all__ = [
     "sharded_scores",
     "streaming",
 ]
+__all__ += ["nleep", "parc", "sfda"]

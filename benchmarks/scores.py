@@ -1,0 +1,314 @@
+"""scores: the feature scores (LogME, H-score variants, TransRate, GBC, SFDA, PARC, NLEEP).
+
+Each leep-jax score is timed as users call it (``leep_jax.<name>(features, labels,
+num_target_classes)`` with default arguments, validation included; NLEEP with a key)
+on features already on the device, against:
+
+* its peer-style NumPy / scikit-learn implementation (``peers_features.py``), in the
+  same process on the host CPU;
+* the unavoidable floor shared by these scores: ``F^T F`` plus one ``D x D``
+  symmetric eigendecomposition (jitted);
+* for SFDA, PARC and NLEEP, their own dominant step: a ``D x D`` generalised
+  eigendecomposition (Cholesky, two triangular solves, ``eigh``: what the peer's
+  ``scipy.linalg.eigh(S_b, S_w)`` does), the ``N x N`` correlation matrix, and the EM
+  iterations (``fit_gaussian_mixture`` on the kept principal components).
+
+Scores missing from the installed leep_jax are skipped with a note. Synthetic features:
+100 classes (NLEEP: 10) with Gaussian class means, per-dimension variances decaying as
+``j^-1.2`` (so that 80 % of the variance needs tens of components, as for real
+penultimate features), float32.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import harness, peers_features
+
+NAME = "scores"
+SCORES = (
+    "logme",
+    "logme_regression",
+    "regularized_h_score",
+    "transrate",
+    "gbc",
+    "sfda",
+    "parc",
+    "nleep",
+)
+# Targets: these four at most 2x the floor; every score faster than its peer.
+FLOOR_BOUND = {"logme": 2.0, "regularized_h_score": 2.0, "transrate": 2.0, "gbc": 2.0}
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _sizes(config: harness.Config) -> dict[str, int]:
+    n, dims, classes, nleep_classes = config.pick(
+        full=(20_000, 1_024, 100, 10), quick=(4_000, 256, 20, 5), tiny=(400, 32, 5, 3)
+    )
+    return {"n": n, "dims": dims, "classes": classes, "nleep_classes": nleep_classes}
+
+
+def _data(n, dims, classes, nleep_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    scale = np.arange(1, dims + 1) ** -0.6  # standard deviations: variances j^-1.2
+    labels = rng.integers(0, classes, n).astype(np.int32)
+    means = rng.normal(size=(classes, dims)) * scale * 0.1  # overlapping classes
+    noise = rng.standard_normal((n, dims), dtype=np.float32) * scale.astype(np.float32)
+    features = (noise + means[labels]).astype(np.float32)
+    targets = np.eye(classes, dtype=np.float32)[labels]  # logme_regression: one-hot columns
+    return features, labels, (labels % nleep_classes).astype(np.int32), targets
+
+
+# ----------------------------------------------------------------------- the calls
+
+
+def _ours(name, device, sizes):
+    """A blocking call of ``leep_jax.<name>`` as users make it, or None if missing."""
+    import leep_jax
+
+    fn = getattr(leep_jax, name, None)
+    if fn is None:
+        return None
+    features, labels, nleep_labels, targets = device
+    if name == "logme_regression":
+        return lambda: jax.block_until_ready(fn(features, targets))
+    if name == "nleep":
+        key = jax.random.key(0)
+        return lambda: jax.block_until_ready(
+            fn(features, nleep_labels, sizes["nleep_classes"], key=key)
+        )
+    return lambda: jax.block_until_ready(fn(features, labels, sizes["classes"]))
+
+
+def _peer(name, host, sizes):
+    features, labels, nleep_labels, targets = host
+    classes = sizes["classes"]
+    if name == "logme_regression":
+        return lambda: peers_features.logme_regression(features, targets)
+    if name == "nleep":
+        return lambda: peers_features.nleep(features, nleep_labels, sizes["nleep_classes"])
+    return lambda: getattr(peers_features, name)(features, labels, classes)
+
+
+def _floor(features):
+    gram = jnp.matmul(features.T, features, precision=_HIGHEST)
+    return jnp.linalg.eigh(gram)
+
+
+def _generalized_eigh(a, b):
+    lower = jnp.linalg.cholesky(b)
+    left = jax.scipy.linalg.solve_triangular(lower, a, lower=True)
+    reduced = jax.scipy.linalg.solve_triangular(lower, left.T, lower=True)
+    values, vectors = jnp.linalg.eigh((reduced + reduced.T) / 2)
+    return values, jax.scipy.linalg.solve_triangular(lower.T, vectors, lower=False)
+
+
+def _correlation(unit_rows):
+    return jnp.matmul(unit_rows, unit_rows.T, precision=_HIGHEST)
+
+
+def _dominant_steps(host, device, sizes) -> dict[str, dict[str, Any]]:
+    """Timings of SFDA's, PARC's and NLEEP's dominant steps on this data."""
+    import importlib
+
+    nleep_module = importlib.import_module("leep_jax.scores.nleep")
+    features, labels, nleep_labels, _ = host
+    x = features.astype(np.float64)
+    within = np.cov(
+        (x - np.stack([x[labels == c].mean(0) for c in range(sizes["classes"])])[labels]).T
+    )
+    within += 1e-6 * np.trace(within) / len(within) * np.eye(len(within))
+    a = jax.device_put(np.cov(x.T).astype(np.float32))
+    b = jax.device_put(within.astype(np.float32))
+    steps = {"sfda": harness.time_jitted(_generalized_eigh, (a, b)).as_dict()}
+    steps["sfda"]["step"] = "D x D generalised eigendecomposition"
+
+    reduced = x[:, :32] - x[:, :32].mean(0)
+    reduced = reduced - reduced.mean(1, keepdims=True)
+    unit = jax.device_put(
+        (reduced / np.linalg.norm(reduced, axis=1, keepdims=True)).astype(np.float32)
+    )
+    steps["parc"] = harness.time_jitted(_correlation, (unit,)).as_dict()
+    steps["parc"]["step"] = "N x N correlation (Z Z^T, Z [N, 32])"
+
+    device_features, _, device_nleep_labels, _ = device
+    scores, num_kept = nleep_module._principal_scores(
+        device_features, device_nleep_labels, None, sizes["nleep_classes"], 0.8
+    )
+    width = nleep_module._bucket(int(num_kept), scores.shape[1])
+    scores = scores[:, :width]
+    weights = jnp.ones(scores.shape[0], scores.dtype)
+    num_components = 5 * sizes["nleep_classes"]
+    initial = jax.jit(nleep_module.kmeans_init, static_argnums=3)(
+        jax.random.key(0), scores, weights, num_components
+    )
+    em = harness.time_jitted(
+        nleep_module.fit_gaussian_mixture, (scores, weights, initial, num_kept)
+    )
+    mixture = jax.jit(nleep_module.fit_gaussian_mixture)(scores, weights, initial, num_kept)
+    steps["nleep"] = {
+        **em.as_dict(),
+        "step": f"EM ({int(mixture.num_iterations)} iterations, {num_components} components, "
+        f"{int(num_kept)} principal components kept, width {width})",
+        "num_kept": int(num_kept),
+        "em_iterations": int(mixture.num_iterations),
+    }
+    return steps
+
+
+# ----------------------------------------------------------------------- the run
+
+
+def run(config: harness.Config) -> dict[str, Any]:
+    info = harness.machine()
+    sizes = _sizes(config)
+    host = _data(**sizes)
+    device = tuple(jax.device_put(a) for a in host)
+    max_peer_s = config.pick(full=10.0, quick=3.0, tiny=1.0)
+    print(f"[scores] {sizes}", flush=True)
+
+    floor = harness.time_jitted(_floor, (device[0],))
+    steps = _dominant_steps(host, device, sizes)
+    rows = []
+    for name in SCORES:
+        row: dict[str, Any] = {"score": name}
+        call = _ours(name, device, sizes)
+        if call is None:
+            print(f"[scores] {name}: not in the installed leep_jax, skipped", flush=True)
+            rows.append({**row, "skipped": "not in the installed leep_jax"})
+            continue
+        start = time.perf_counter()
+        call()
+        first_s = time.perf_counter() - start
+        # A call slower than a minute (PARC at full size on a CPU) is timed once more.
+        ours = harness.time_calls(call, warmup=False, max_seconds=60.0)
+        row["jax"] = {**ours.as_dict(), "compile_s": max(first_s - ours.median_s, 0.0)}
+        row["jax_value"] = float(ours.result)
+        row["over_floor"] = ours.median_s / floor.median_s
+        if name in steps:
+            row["dominant_step"] = steps[name]["step"]
+            row["over_dominant_step"] = ours.median_s / steps[name]["median_s"]
+        if name == "parc" and peers_features.parc_bytes(sizes["n"]) > config.memory_budget_gb * 1e9:
+            row["peer_skipped"] = (
+                f"needs ~{harness.fmt_bytes(peers_features.parc_bytes(sizes['n']))} "
+                f"> --memory-budget-gb {config.memory_budget_gb}"
+            )
+        else:
+            peer = _peer(name, host, sizes)
+            peer_timing = harness.time_calls(peer, warmup=False, max_seconds=max_peer_s)
+            row["peer"] = peer_timing.as_dict()
+            row["peer_value"] = float(peer_timing.result)
+            row["speedup_vs_peer"] = peer_timing.median_s / ours.median_s
+        if name in FLOOR_BOUND:
+            row["floor_target_met"] = row["over_floor"] <= FLOOR_BOUND[name]
+        if "speedup_vs_peer" in row:
+            row["peer_target_met"] = row["speedup_vs_peer"] > 1
+        print(f"[scores] {name}: {_brief(row)}", flush=True)
+        rows.append(row)
+
+    summary = {
+        "sizes": sizes,
+        "floor_s": floor.median_s,
+        "speedup_vs_peer": {r["score"]: r.get("speedup_vs_peer") for r in rows if "jax" in r},
+        "over_floor": {r["score"]: r["over_floor"] for r in rows if "jax" in r},
+        "over_dominant_step": {
+            r["score"]: r["over_dominant_step"] for r in rows if "over_dominant_step" in r
+        },
+        "skipped": [r["score"] for r in rows if "skipped" in r],
+        "targets_met": all(
+            r.get("floor_target_met", True) and r.get("peer_target_met", True)
+            for r in rows
+            if "jax" in r
+        ),
+    }
+    payload = {
+        "machine": info,
+        "sizes": sizes,
+        "floor": {**floor.as_dict(), "step": "F^T F + eigh(D x D)"},
+        "dominant_steps": steps,
+        "rows": rows,
+        "summary": summary,
+    }
+    harness.write_result(config, NAME, payload, _markdown(rows, sizes, floor, steps, info, config))
+    harness.update_summary(config, NAME, {**summary, "machine": info})
+    return summary
+
+
+def _brief(row) -> str:
+    parts = [f"{row['jax']['median_s'] * 1e3:.1f} ms"]
+    if "peer" in row:
+        parts.append(f"peer {row['peer']['median_s'] * 1e3:.1f} ms ({row['speedup_vs_peer']:.1f}x)")
+    parts.append(f"{row['over_floor']:.2f}x floor")
+    return ", ".join(parts)
+
+
+def _met(value) -> str:
+    return "" if value is None else ("met" if value else "missed")
+
+
+def _markdown(rows, sizes, floor, steps, info, config) -> str:
+    table = []
+    for r in rows:
+        if "skipped" in r:
+            table.append([r["score"], r["skipped"]] + [None] * 9)
+            continue
+        table.append(
+            [
+                r["score"],
+                r["jax"]["median_s"] * 1e3,
+                r["jax"]["compile_s"],
+                r["peer"]["median_s"] * 1e3 if "peer" in r else r.get("peer_skipped"),
+                r.get("speedup_vs_peer"),
+                r["over_floor"],
+                r.get("over_dominant_step"),
+                r["jax_value"],
+                r.get("peer_value"),
+                _met(r.get("floor_target_met")),
+                _met(r.get("peer_target_met")),
+            ]
+        )
+    headers = [
+        "score",
+        "leep-jax ms",
+        "compile s",
+        "peer ms",
+        "speedup",
+        "x floor",
+        "x dominant step",
+        "leep-jax value",
+        "peer value",
+        "<= 2x floor",
+        "faster than peer",
+    ]
+    step_lines = [
+        f"- {name}: {step['step']}, {step['median_s'] * 1e3:.1f} ms" for name, step in steps.items()
+    ]
+    return (
+        "\n".join(
+            [
+                f"# scores ({config.mode})",
+                "",
+                f"Machine: {harness.machine_line(info)}.",
+                "",
+                f"N = {sizes['n']}, D = {sizes['dims']}, C = {sizes['classes']} (NLEEP: C = "
+                f"{sizes['nleep_classes']}, 5 components per class), float32 features on the "
+                "device; each leep-jax score called as users call it (defaults, validation "
+                "included), median of at least 5 warm runs, compile apart; the peer-style "
+                "NumPy / scikit-learn versions (`peers_features.py`) on the host CPU. Floor: "
+                f"F^T F + eigh(D x D), {floor.median_s * 1e3:.1f} ms. Dominant steps:",
+                "",
+                *step_lines,
+                "",
+                "Values follow each side's conventions (the peers' NLEEP has no log, their GBC "
+                "no factor D, their PARC a randomized PCA), so they need not agree.",
+                "",
+                harness.markdown_table(headers, table),
+            ]
+        )
+        + "\n"
+    )

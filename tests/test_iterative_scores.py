@@ -1,0 +1,302 @@
+"""SFDA, PARC and NLEEP against float64 references, invariances and degenerate inputs.
+
+Shapes are shared between tests so that each kernel compiles a few times only.
+"""
+
+import doctest
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference
+import reference_iterative as ref
+import scipy.stats
+from sklearn.decomposition import PCA
+from sklearn.mixture import GaussianMixture
+
+import leep_jax
+
+parc_module = importlib.import_module("leep_jax.scores.parc")
+nleep_module = importlib.import_module("leep_jax.scores.nleep")
+
+NUM_CLASSES = 5
+
+
+def class_data(seed, n=120, dims=6, num_classes=NUM_CLASSES, scale=1.0, present=None):
+    """Gaussian features with class-dependent means; ``present`` restricts the labels."""
+    rng = np.random.default_rng(seed)
+    classes = np.arange(num_classes) if present is None else np.asarray(present)
+    labels = classes[np.arange(n) % len(classes)]
+    rng.shuffle(labels)
+    spread = np.linspace(1.5, 0.5, dims)
+    features = rng.normal(size=(n, dims)) * spread + 2.0 * np.eye(num_classes, dims)[labels]
+    return (scale * features).astype(np.float32), labels.astype(np.int32)
+
+
+# ------------------------------------------------------------------------------ SFDA
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("scale", [0.2, 3.0])  # shrinkage ~0.5 and clamped at 1e-10
+def test_sfda_matches_reference(seed, scale):
+    features, labels = class_data(seed, scale=scale)
+    got = float(leep_jax.sfda(features, labels, NUM_CLASSES))
+    assert got == pytest.approx(ref.sfda(features, labels), abs=1e-4)
+
+
+def test_sfda_absent_classes_and_singleton_class():
+    features, labels = class_data(2, present=[0, 2, 4])
+    labels[7] = 3  # a class with a single example
+    got = float(leep_jax.sfda(features, labels, NUM_CLASSES))
+    assert np.isfinite(got)
+    assert got == pytest.approx(ref.sfda(features, labels), abs=1e-4)
+
+
+def test_sfda_invariances():
+    features, labels = class_data(3)
+    base = float(leep_jax.sfda(features, labels, NUM_CLASSES))
+    order = np.random.default_rng(0).permutation(len(labels))
+    relabel = np.array([3, 0, 4, 1, 2], np.int32)
+    assert float(leep_jax.sfda(features[order], labels[order], NUM_CLASSES)) == pytest.approx(
+        base, abs=1e-5
+    )
+    assert float(leep_jax.sfda(features, relabel[labels], NUM_CLASSES)) == pytest.approx(
+        base, abs=1e-5
+    )
+
+
+def test_sfda_mask_drops_rows_and_jit_matches_eager():
+    features, labels = class_data(4)
+    keep = np.arange(len(labels)) % 4 != 0
+    padded = features.copy()
+    padded[~keep] = np.nan  # masked rows never touch the result
+    got = leep_jax.sfda(padded, labels, NUM_CLASSES, mask=jnp.asarray(keep))
+    assert float(got) == pytest.approx(ref.sfda(features[keep], labels[keep]), abs=1e-4)
+    jitted = jax.jit(leep_jax.sfda, static_argnums=2)(features, labels, NUM_CLASSES)
+    eager = leep_jax.sfda(features, labels, NUM_CLASSES)
+    assert float(jitted) == pytest.approx(float(eager), abs=1e-6)
+
+
+def test_sfda_degenerate_inputs_are_finite():
+    features, labels = class_data(5)
+    one_class = float(leep_jax.sfda(features, np.zeros_like(labels), NUM_CLASSES))
+    assert one_class == pytest.approx(1.0)
+    # Every example on its class mean: zero within-class scatter.
+    collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)
+    assert np.isfinite(float(leep_jax.sfda(collapsed, labels, NUM_CLASSES)))
+    # Singular within-class scatter (repeated columns) and shrinkage clamped at 1e-10.
+    singular = 5 * features.copy()
+    singular[:, 4:] = singular[:, :1]
+    score = float(leep_jax.sfda(singular, labels, NUM_CLASSES))
+    assert 0 < score <= 1
+
+
+def test_sfda_eigh_fallback_solves_and_floors():
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    matrix = (a @ a.T + np.eye(6)).astype(np.float32)
+    right = rng.normal(size=(6, 3)).astype(np.float32)
+    got = sfda_module._solve_by_eigh(jnp.asarray(matrix), jnp.asarray(right))
+    np.testing.assert_allclose(got, np.linalg.solve(matrix, right), rtol=1e-3, atol=1e-4)
+    cholesky, ok = sfda_module._solve_by_cholesky(jnp.asarray(matrix), jnp.asarray(right))
+    assert bool(ok)
+    np.testing.assert_allclose(cholesky, got, rtol=1e-3, atol=1e-4)
+    singular = np.zeros((6, 6), np.float32)
+    singular[0, 0] = 1.0
+    _, ok = sfda_module._solve_by_cholesky(
+        jnp.asarray(singular - np.eye(6, dtype=np.float32)), jnp.asarray(right)
+    )
+    assert not bool(ok)  # what sends _fda_probabilities to the eigh path
+    assert np.all(
+        np.isfinite(sfda_module._solve_by_eigh(jnp.asarray(singular), jnp.asarray(right)))
+    )
+
+
+# ------------------------------------------------------------------------------ PARC
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_spearman_with_binary_matches_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 7, size=500).astype(np.float32) / 3  # heavy ties
+    same = rng.random(500) < 0.3
+    valid = rng.random(500) < 0.9
+    got = jax.jit(parc_module.spearman_with_binary)(values, same, valid)
+    # The binary variable as PARC has it: 0 for same-class pairs, a constant otherwise.
+    want = scipy.stats.spearmanr(values[valid], np.where(same, 0.0, 1.25)[valid])[0]
+    assert float(got) == pytest.approx(want, abs=2e-6)
+
+
+def test_tree_sum_is_accurate():
+    values = np.random.default_rng(0).random(300_001).astype(np.float32)
+    assert float(parc_module.tree_sum(jnp.asarray(values))) == pytest.approx(
+        values.astype(np.float64).sum(), rel=1e-6
+    )
+
+
+# Even n: the k = n/2 pairs are listed twice in the kernel's layout; odd n: once.
+@pytest.mark.parametrize(("n", "num_dims"), [(60, None), (61, 3)])
+def test_parc_matches_reference(n, num_dims):
+    features, labels = class_data(n, n=n)
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=num_dims))
+    assert got == pytest.approx(ref.parc(features, labels, num_dims), abs=1e-3)
+
+
+def test_parc_absent_classes():
+    features, labels = class_data(7, n=60, present=[1, 3, 4])
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None))
+    assert got == pytest.approx(ref.parc(features, labels, None), abs=1e-3)
+
+
+def test_parc_invariances_mask_and_jit():
+    features, labels = class_data(8, n=60)
+    base = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None))
+    order = np.random.default_rng(1).permutation(60)
+    relabel = np.array([3, 0, 4, 1, 2], np.int32)
+    permuted = leep_jax.parc(features[order], labels[order], NUM_CLASSES, num_dims=None)
+    assert float(permuted) == pytest.approx(base, abs=1e-3)
+    relabelled = leep_jax.parc(features, relabel[labels], NUM_CLASSES, num_dims=None)
+    assert float(relabelled) == pytest.approx(base, abs=1e-4)
+    jitted = jax.jit(leep_jax.parc, static_argnums=2, static_argnames="num_dims")
+    assert float(jitted(features, labels, NUM_CLASSES, num_dims=None)) == pytest.approx(
+        base, abs=1e-5
+    )
+    keep = np.arange(60) % 5 != 1
+    padded = np.where(keep[:, None], features, 1e6).astype(np.float32)
+    masked = leep_jax.parc(padded, labels, NUM_CLASSES, num_dims=None, mask=jnp.asarray(keep))
+    assert float(masked) == pytest.approx(ref.parc(features[keep], labels[keep], None), abs=1e-3)
+
+
+def test_parc_degenerate_inputs():
+    features, labels = class_data(9, n=60)
+    # One class: the label dissimilarity is constant and Spearman's rho undefined.
+    one_class = leep_jax.parc(features, np.zeros_like(labels), NUM_CLASSES, num_dims=None)
+    assert np.isnan(float(one_class))
+    # A singleton class is fine.
+    labels = labels.copy()
+    labels[labels == 4] = 3
+    labels[0] = 4
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None))
+    assert got == pytest.approx(ref.parc(features, labels, None), abs=1e-3)
+    # An example at the feature mean (constant standardised row) stays finite.
+    features = features.copy()
+    features[1] = features.mean(axis=0)
+    assert np.isfinite(float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None)))
+    with pytest.raises(ValueError, match="num_dims"):
+        leep_jax.parc(features, labels, NUM_CLASSES, num_dims=0)
+
+
+# ----------------------------------------------------------------------------- NLEEP
+
+NLEEP_CLASSES = 3
+PER_CLASS = 2
+
+
+def mixture_data(seed, n=150):
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(n) % NLEEP_CLASSES).astype(np.int32)
+    rng.shuffle(labels)
+    spread = np.array([3, 2, 1.5, 1, 0.5, 0.3])
+    features = rng.normal(size=(n, 6)) * spread + 4 * np.eye(NLEEP_CLASSES, 6)[labels]
+    return features.astype(np.float32), labels
+
+
+def _fit(features, labels, key, mask):
+    """nleep and its intermediates: PCA scores, initial means, log-posteriors, iterations."""
+    return nleep_module._fit(
+        features, labels, NLEEP_CLASSES, key, PER_CLASS, 0.8, jnp.asarray(mask), True
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_nleep_matches_float64_em_and_leep(seed):
+    features, labels = mixture_data(seed)
+    # The last rows are padding: the mask drops them, NaN and all.
+    keep = np.arange(len(labels)) < 140
+    features[~keep] = np.nan
+    score, (scores, initial, log_posteriors, iterations) = _fit(
+        features, labels, jax.random.key(seed), keep
+    )
+    valid = features[keep]
+    num_kept = ref.pca_num_kept(valid, 0.8)
+    assert num_kept == PCA(0.8).fit(valid).n_components_
+    # Given the kernel's PCA scores and k-means means, a float64 EM finds the same mixture.
+    scores = np.asarray(scores)[keep, :num_kept]
+    initial = np.asarray(initial)[:, :num_kept]
+    log_resp, lower_bound, want_iterations = ref.gaussian_mixture_em(scores, initial)
+    assert int(iterations) == want_iterations
+    np.testing.assert_allclose(np.exp(log_posteriors[keep]), np.exp(log_resp), atol=1e-4)
+    # The final step is exact LEEP (with the log) of the posteriors.
+    want = reference.leep_from_logits(log_resp, labels[keep], NLEEP_CLASSES)
+    assert float(score) == pytest.approx(want, abs=1e-4)
+    # Sanity: about as good a fit as scikit-learn's EM from its own k-means start.
+    sklearn_fit = GaussianMixture(NLEEP_CLASSES * PER_CLASS, random_state=0).fit(scores)
+    assert lower_bound == pytest.approx(sklearn_fit.score(scores), abs=0.05)
+
+
+def test_nleep_jit_and_relabelling():
+    features, labels = mixture_data(2)
+    key = jax.random.key(7)
+    mask = jnp.ones(len(labels), bool)
+    call = {"key": key, "components_per_class": PER_CLASS, "mask": mask}
+    eager = float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call))
+    assert eager <= 0
+    jitted = jax.jit(leep_jax.nleep, static_argnums=2, static_argnames="components_per_class")
+    # Traced: EM on all 6 columns, the unkept ones zero; the same mixture.
+    assert float(jitted(features, labels, NLEEP_CLASSES, **call)) == pytest.approx(eager, abs=1e-4)
+    relabel = np.array([2, 0, 1], np.int32)
+    relabelled = leep_jax.nleep(features, relabel[labels], NLEEP_CLASSES, **call)
+    assert float(relabelled) == pytest.approx(eager, abs=1e-5)
+
+
+def test_nleep_degenerate_inputs():
+    features, labels = mixture_data(3)
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="components"):
+        leep_jax.nleep(features[:5], labels[:5], NLEEP_CLASSES, key=key)
+    # Fewer distinct points than components: empty components, finite score.
+    repeated = np.repeat(features[:3], 50, axis=0)
+    score, _ = _fit(repeated, labels, key, np.ones(len(labels), bool))
+    assert np.isfinite(float(score)) and float(score) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["sfda", "parc", "nleep"])
+def test_docstring_examples(name):
+    module = importlib.import_module(f"leep_jax.scores.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_each_kernel_compiles_once_per_shape():
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    features, labels = class_data(10)
+    _, small_labels = class_data(11, n=60)
+    nleep_features, nleep_labels = mixture_data(4)
+    mask = jnp.ones(len(nleep_labels), bool)
+    calls = [
+        (sfda_module._sfda, lambda f: leep_jax.sfda(f, labels, NUM_CLASSES)),
+        (
+            parc_module._parc,
+            lambda f: leep_jax.parc(f[:60], small_labels, NUM_CLASSES, num_dims=None),
+        ),
+        (
+            nleep_module._nleep,
+            lambda f: leep_jax.nleep(
+                nleep_features * (1 + f[0, 0] ** 2),  # new values, same PCA width
+                nleep_labels,
+                NLEEP_CLASSES,
+                key=jax.random.key(int(f[0, 0] > 0)),
+                components_per_class=PER_CLASS,
+                mask=mask,
+            ),
+        ),
+    ]
+    for kernel, call in calls:
+        call(features)
+        size = kernel._cache_size()
+        call(features + 1.5)
+        call(2 * features)
+        assert kernel._cache_size() == size, kernel
