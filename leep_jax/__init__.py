@@ -9,8 +9,7 @@ datasets, transfer methods and the paper's experiments live in :mod:`leep_jax.mo
 """
 
 from leep_jax import streaming
-from leep_jax.scores import h_score, joint_distribution, leep, nce
-from leep_jax.scores import nleep, parc, sfda
+from leep_jax.scores import h_score, joint_distribution, leep, nce, nleep, parc, sfda
 from leep_jax.sharding import sharded_scores
 from leep_jax.streaming import score_model
 

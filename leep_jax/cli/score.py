@@ -20,7 +20,12 @@ import tqdm
 
 from leep_jax.cli.errors import CLIError
 from leep_jax.scores._validation import check_shapes
-from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES, SCORE_NAMES
+from leep_jax.scores.names import (
+    DEFAULT_SCORES,
+    FEATURE_SCORES,
+    PREDICTION_SCORES,
+    SCORE_NAMES,
+)
 from leep_jax.streaming import engine, sources
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
@@ -62,7 +67,9 @@ def add_parser(subparsers) -> None:
         "--metrics",
         help="comma-separated subset of "
         + ",".join(SCORE_NAMES)
-        + " (default: every score the given files allow)",
+        + " (default: "
+        + ",".join(DEFAULT_SCORES)
+        + " that the given files allow)",
     )
     parser.add_argument(
         "--batch-size",
@@ -108,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _parse_metrics(text: str | None, *, has_features: bool) -> tuple[str, ...]:
     if text is None:
-        return SCORE_NAMES if has_features else PREDICTION_SCORES
+        return tuple(m for m in DEFAULT_SCORES if has_features or m in PREDICTION_SCORES)
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
         raise CLIError("--metrics is empty; choose from " + ",".join(SCORE_NAMES))

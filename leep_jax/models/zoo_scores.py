@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from leep_jax.scores._validation import check_label_range, check_num_classes
-from leep_jax.scores.names import SCORE_NAMES, check_score_names
+from leep_jax.scores.names import DEFAULT_SCORES, check_score_names
 from leep_jax.streaming import engine, sources
 from leep_jax.streaming.score_model import ModuleForward
 
@@ -60,7 +60,7 @@ def score_zoo(
     *,
     batch_size: int = 256,
     strategy: ZooStrategy = "auto",
-    metrics: Sequence[str] = SCORE_NAMES,
+    metrics: Sequence[str] = DEFAULT_SCORES,
     on_scored: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """LEEP, NCE and H-score of every model from one forward pass each over ``images``.

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ScoreName = Literal["leep", "nce", "h_score"]
+ScoreName = Literal["leep", "nce", "h_score", "sfda", "parc", "nleep"]
 
 SCORE_NAMES: tuple[ScoreName, ...] = get_args(ScoreName)
 
 # What each score reads from a model's forward pass: its predictions (probabilities or
 # logits over the source classes) or its penultimate features.
 PREDICTION_SCORES: tuple[ScoreName, ...] = ("leep", "nce")
-FEATURE_SCORES: tuple[ScoreName, ...] = ("h_score",)
+FEATURE_SCORES: tuple[ScoreName, ...] = ("h_score", "sfda", "parc", "nleep")
+
+# The scores `score_model` and `score_zoo` compute unless told otherwise: one pass each,
+# cheap next to the forward pass. The others fit iteratively or build N x N matrices.
+DEFAULT_SCORES: tuple[ScoreName, ...] = ("leep", "nce", "h_score")
 
 # How the score is written in tables and figures.
-SCORE_LABELS: dict[ScoreName, str] = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
+SCORE_LABELS: dict[ScoreName, str] = {
+    "leep": "LEEP",
+    "nce": "NCE",
+    "h_score": "H-score",
+    "sfda": "SFDA",
+    "parc": "PARC",
+    "nleep": "NLEEP",
+}
 
 
 def check_score_names(names, *, allowed: tuple[str, ...] = SCORE_NAMES) -> tuple[ScoreName, ...]:

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leep_jax import scores
 from leep_jax.scores._validation import PROBABILITY_ATOL
 from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES
 from leep_jax.streaming import accumulators
@@ -93,7 +94,12 @@ ONE_PASS_SCORES: dict[str, Callable[[Plan], accumulators.Accumulator]] = {
     "nce": lambda plan: accumulators.nce(plan.num_target_classes, plan.num_source_classes),
     "h_score": lambda plan: accumulators.h_score(plan.num_target_classes, plan.feature_dim),
 }
-IN_MEMORY_SCORES: dict[str, Callable[..., jax.Array]] = {}
+IN_MEMORY_SCORES: dict[str, Callable[..., jax.Array]] = {
+    "sfda": scores.sfda,
+    "parc": scores.parc,
+    # NLEEP's k-means++ start is random: one fixed key, so a score is reproducible.
+    "nleep": functools.partial(scores.nleep, key=jax.random.key(0)),
+}
 
 
 class Checks(NamedTuple):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leep_jax.scores._validation import check_num_classes
-from leep_jax.scores.names import SCORE_NAMES, check_score_names
+from leep_jax.scores.names import DEFAULT_SCORES, check_score_names
 from leep_jax.streaming import engine, sources
 
 Batch = tuple[Any, Any] | tuple[Any, Any, Any]
@@ -69,7 +69,7 @@ def score_model(
     num_target_classes: int,
     *,
     params: Any = None,
-    metrics: Sequence[str] = SCORE_NAMES,
+    metrics: Sequence[str] = DEFAULT_SCORES,
     keep_predictions: bool = True,
     from_logits: bool = True,
 ) -> dict[str, float | int]:
