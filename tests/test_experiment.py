@@ -562,7 +562,7 @@ def test_head_retraining_on_cached_features_matches_retrain_head(tmp_path, monke
         task,
         epochs=config.head_epochs,
         batch_size=config.batch_size,
-        lr=config.head_lr,
+        learning_rate=config.head_lr,
         weight_decay=config.weight_decay,
         seed=7,
         eval_batch_size=config.eval_batch_size,

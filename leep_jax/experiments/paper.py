@@ -68,13 +68,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from leep_jax.data import dataset_num_classes, load_dataset, sample_tasks
+from leep_jax.data.task import match_channels
 from leep_jax.data.tasks import TargetTask
 from leep_jax.experiments import report
-from leep_jax.experiments.rank import match_channels
 from leep_jax.scores import h_score, leep, nce
 from leep_jax.transfer.methods import fine_tune, train_from_scratch
+from leep_jax.transfer.presets import default_zoo, quick_zoo
 from leep_jax.transfer.train import TrainConfig, evaluate, fit, predict
-from leep_jax.transfer.zoo import SourceSpec, default_zoo, source_metadata, train_source_model
+from leep_jax.transfer.zoo import SourceSpec, source_metadata, train_source_model
 
 __all__ = [
     "METRICS",
@@ -262,27 +263,6 @@ def _augmentation(dataset: str) -> dict[str, Any]:
     if dataset.startswith("tfds:"):
         return {"crop_padding": 4, "flip": True}
     return {"crop_padding": 2, "flip": False}
-
-
-def quick_zoo() -> list[SourceSpec]:
-    """Five small CNNs (seconds each on a CPU) for quick runs of RQ4.
-
-    They differ in source label set and training length (like `default_zoo`, which
-    also varies architecture and width).
-    """
-    common = {"test_examples": 500, "batch_size": 64}
-    return [
-        SourceSpec("quick-cnn8-fmnist-all", "small_cnn", range(10), {"width": 8},
-                   train_examples=1500, epochs=2, **common),
-        SourceSpec("quick-cnn8-fmnist-0to4", "small_cnn", range(5), {"width": 8},
-                   train_examples=1000, epochs=2, **common),
-        SourceSpec("quick-cnn8-fmnist-tops", "small_cnn", (0, 2, 4, 6), {"width": 8},
-                   train_examples=800, epochs=2, **common),
-        SourceSpec("quick-cnn8-fmnist-footwear-bags", "small_cnn", (5, 7, 8, 9), {"width": 8},
-                   train_examples=800, epochs=2, **common),
-        SourceSpec("quick-cnn8-fmnist-all-short", "small_cnn", range(10), {"width": 8},
-                   train_examples=256, epochs=1, **common),
-    ]  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -787,13 +767,13 @@ def _task_row(
     timings["retrain_head_s"] = time.perf_counter() - start
 
     kwargs = _transfer_kwargs(config, task.dataset, config.epochs[regime], seed)
-    tuned = fine_tune(source_model, task, lr=config.fine_tune_lr, **kwargs)
+    tuned = fine_tune(source_model, task, learning_rate=config.fine_tune_lr, **kwargs)
     timings["fine_tune_s"] = tuned.wall_time_s
     scratch = train_from_scratch(
         config.architecture,
         task,
         model_kwargs=dict(config.model_kwargs),
-        lr=config.scratch_lr,
+        learning_rate=config.scratch_lr,
         **kwargs,
     )
     timings["scratch_s"] = scratch.wall_time_s
@@ -858,7 +838,7 @@ def _rq4_row(
     )
     timings["retrain_head_s"] = time.perf_counter() - start
     kwargs = _transfer_kwargs(config, task.dataset, config.rq4_epochs, seed)
-    tuned = fine_tune(model, task, lr=config.fine_tune_lr, **kwargs)
+    tuned = fine_tune(model, task, learning_rate=config.fine_tune_lr, **kwargs)
     timings["fine_tune_s"] = tuned.wall_time_s
     return {
         "id": ident,
