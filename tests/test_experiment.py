@@ -23,7 +23,6 @@ from leep_jax.experiments import figures, pools, statistics, tables
 from leep_jax.experiments.config import REGIMES, ExperimentConfig, source_spec
 from leep_jax.experiments.measure import task_scores
 from leep_jax.experiments.pairs import parse_pair
-from leep_jax.experiments.report import write_report
 from leep_jax.experiments.results import ConfigMismatchError, read_results
 from leep_jax.experiments.rows import TaskRow
 from leep_jax.experiments.runner import _round_robin, run_experiment
@@ -246,7 +245,9 @@ def test_tfds_pair_runs_end_to_end_on_tfds_mock_data(tmp_path, monkeypatch):
     pair = "tfds:cifar10[0-2]->tfds:cifar100[0-2]"
     config = tiny_config(pairs=(pair,), zoo=(), tasks_per_regime={"large_balanced": 3})
     with tfds.testing.mock_data(num_examples=300):
-        results = run_experiment(config, tmp_path / "out", progress=False, write_report=False)
+        results = run_experiment(
+            config, tmp_path / "out", progress=False, write_report=False
+        ).to_json()
     source = results["sources"][pair]
     assert source["spec"]["dataset"] == "tfds:cifar10" and source["spec"]["flip"] is True
     assert len(results["tasks"]) == 3 and results["complete"]
@@ -591,13 +592,25 @@ def test_head_retraining_on_cached_features_matches_retrain_head(tmp_path, monke
     assert got == pytest.approx(expected.test_accuracy, abs=1.0 / task.test_indices.size + 1e-9)
 
 
-def test_committed_full_report_is_generated_from_its_results(tmp_path):
+def test_committed_full_report_is_generated_from_its_results(tmp_path, capsys):
     """benchmarks/results/experiment/report.md is exactly what its results.json gives."""
     committed = Path(__file__).parent.parent / "benchmarks" / "results" / "experiment"
-    results = read_results(committed)
-    assert results.to_json() == json.loads((committed / "results.json").read_text())
-    write_report(results, tmp_path)
+    text = (committed / "results.json").read_text()
+    assert read_results(committed).to_json() == json.loads(text)  # typed rows round-trip
+    (tmp_path / "results.json").write_text(text)
+    assert main(["experiment", "--report-only", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
     assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
         p.name for p in committed.glob("*.png")
     )
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"tasks": []}'])
+def test_report_only_without_a_results_file_exits_2_with_one_line(tmp_path, capsys, content):
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    assert main(["experiment", "--report-only", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "results.json" in err
+    assert not (tmp_path / "report.md").exists()

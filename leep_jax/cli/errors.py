@@ -24,7 +24,4 @@ def require_extra(extra: str, modules: Sequence[str], what: str) -> None:
         except (ImportError, ValueError):  # a module set to None in sys.modules
             found = False
         if not found:
-            raise CLIError(
-                f"{what} needs the '{extra}' extra ({module} is not installed): "
-                f"pip install 'leep-jax[{extra}]'"
-            )
+            raise CLIError(f"{what} needs the '{extra}' extra: pip install 'leep-jax[{extra}]'")

@@ -58,7 +58,7 @@ def _sklearn():
         import sklearn.model_selection
     except ImportError:
         raise ImportError(
-            "the digits dataset needs the 'experiments' extra (scikit-learn): "
+            "the digits dataset (scikit-learn) needs the 'experiments' extra: "
             "pip install 'leep-jax[experiments]'"
         ) from None
     return sklearn

@@ -311,30 +311,33 @@ def derive_seed(*parts: Any) -> int:
     return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def head_recipe(config: ExperimentConfig, seed: int) -> TrainConfig:
-    """The recipe of head re-training under ``config`` (`leep_jax.transfer.HEAD_RECIPE`)."""
-    return dataclasses.replace(
-        HEAD_RECIPE,
-        epochs=config.head_epochs,
-        batch_size=config.batch_size,
-        learning_rate=config.head_lr,
-        weight_decay=config.weight_decay,
-        seed=seed,
-        eval_batch_size=config.eval_batch_size,
-    )
-
-
-def transfer_recipe(
-    config: ExperimentConfig, dataset: str, epochs: int, learning_rate: float, seed: int
+def _recipe(
+    config: ExperimentConfig,
+    base: TrainConfig,
+    epochs: int,
+    learning_rate: float,
+    seed: int,
+    **changes: Any,
 ) -> TrainConfig:
-    """The recipe of fine-tuning or training from scratch on a task of ``dataset``."""
     return dataclasses.replace(
-        FINE_TUNE_RECIPE,
+        base,
         epochs=epochs,
         batch_size=config.batch_size,
         learning_rate=learning_rate,
         weight_decay=config.weight_decay,
         seed=seed,
         eval_batch_size=config.eval_batch_size,
-        **_augmentation(dataset),
+        **changes,
     )
+
+
+def head_recipe(config: ExperimentConfig, seed: int) -> TrainConfig:
+    """The recipe of head re-training under ``config`` (`leep_jax.transfer.HEAD_RECIPE`)."""
+    return _recipe(config, HEAD_RECIPE, config.head_epochs, config.head_lr, seed)
+
+
+def transfer_recipe(
+    config: ExperimentConfig, dataset: str, epochs: int, learning_rate: float, seed: int
+) -> TrainConfig:
+    """The recipe of fine-tuning or training from scratch on a task of ``dataset``."""
+    return _recipe(config, FINE_TUNE_RECIPE, epochs, learning_rate, seed, **_augmentation(dataset))

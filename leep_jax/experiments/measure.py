@@ -11,6 +11,7 @@ re-training and fine-tuning for one zoo model.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -92,20 +93,35 @@ def _pool_scores(task: TargetTask, outputs: PoolOutputs) -> tuple[dict[str, floa
     return scores, features
 
 
-def _head_accuracy(
+def _scores_and_head(
     task: TargetTask,
-    train_features: np.ndarray,
     outputs: PoolOutputs,
     config: ExperimentConfig,
     seed: int,
-) -> tuple[float, int]:
-    """Test accuracy and steps of a linear head trained on the task's cached features."""
+    timings: dict[str, float],
+) -> tuple[dict[str, float], float, int]:
+    """The task's scores, and the test accuracy and steps of a linear head trained on its
+    cached features; their seconds go to ``timings``."""
+    start = time.perf_counter()
+    scores, train_features = _pool_scores(task, outputs)
+    timings["scores_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     head, history = train_head(
         train_features, task.train_labels, task.num_classes, head_recipe(config, seed)
     )
     test_features = outputs.test_features[task.test_indices]
     accuracy = evaluate(head, test_features, task.test_labels, batch_size=config.eval_batch_size)
-    return accuracy, history.num_steps
+    timings["retrain_head_s"] = time.perf_counter() - start
+    return scores, accuracy, history.num_steps
+
+
+def _task_fields(task: TargetTask) -> dict[str, Any]:
+    """The row fields both row types take from the task."""
+    return {
+        "classes": tuple(task.classes),
+        "num_classes": task.num_classes,
+        "n_train": int(task.train_indices.size),
+    }
 
 
 def task_row(
@@ -134,13 +150,7 @@ def task_row(
     """
     seed = derive_seed(config.seed, ident)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    scores, train_features = _pool_scores(task, outputs)
-    timings["scores_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    head_accuracy, head_steps = _head_accuracy(task, train_features, outputs, config, seed)
-    timings["retrain_head_s"] = time.perf_counter() - start
+    scores, head_accuracy, head_steps = _scores_and_head(task, outputs, config, seed, timings)
 
     epochs = config.epochs[regime]
     tuned = fine_tune(
@@ -162,9 +172,7 @@ def task_row(
         pair=pair,
         regime=regime,
         task_index=index,
-        classes=tuple(task.classes),
-        num_classes=task.num_classes,
-        n_train=int(task.train_indices.size),
+        **_task_fields(task),
         n_test=int(task.test_indices.size),
         class_counts=tuple(task.train_class_counts.tolist()),
         num_noisy_labels=task.num_noisy_labels,
@@ -206,12 +214,7 @@ def rq4_row(
     """
     seed = derive_seed(config.seed, "rq4", target, index)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    scores, train_features = _pool_scores(task, outputs)
-    timings["scores_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    head_accuracy, _ = _head_accuracy(task, train_features, outputs, config, seed)
-    timings["retrain_head_s"] = time.perf_counter() - start
+    scores, head_accuracy, _ = _scores_and_head(task, outputs, config, seed, timings)
     tuned = fine_tune(
         model,
         task,
@@ -223,9 +226,7 @@ def rq4_row(
         target=target,
         task_index=index,
         model=model_name,
-        classes=tuple(task.classes),
-        num_classes=task.num_classes,
-        n_train=int(task.train_indices.size),
+        **_task_fields(task),
         scores=scores,
         accuracy={"retrain_head": head_accuracy, "fine_tune": tuned.test_accuracy},
         timings=timings,

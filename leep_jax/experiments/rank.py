@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -33,6 +32,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from leep_jax.data.task import Task, TaskArrays
+from leep_jax.experiments.statistics import finite_or_none, rank_agreement
 from leep_jax.models.zoo_scores import ZooStrategy, score_zoo
 from leep_jax.transfer.methods import Method, fine_tune, retrain_head
 
@@ -56,10 +56,6 @@ VerifyMethod = Literal["fine_tune", "retrain_head"]
 # --------------------------------------------------------------------------- results
 
 
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
 @dataclasses.dataclass(frozen=True)
 class Correlation:
     """Rank agreement of one score with the accuracy actually reached.
@@ -79,19 +75,7 @@ class Correlation:
     @classmethod
     def between(cls, scores: Sequence[float], accuracies: Sequence[float]) -> Correlation:
         """Correlations of ``scores`` with ``accuracies`` (same model order)."""
-        x, y = np.asarray(scores, np.float64), np.asarray(accuracies, np.float64)
-        if x.size < 2:
-            return cls(None, None, None)
-        with warnings.catch_warnings():
-            # Constant input: scipy warns and returns NaN, which is reported as None.
-            warnings.simplefilter("ignore")
-            kendall = scipy.stats.kendalltau(x, y)
-            weighted = scipy.stats.weightedtau(x, y)
-        return cls(
-            _finite_or_none(kendall.statistic),
-            _finite_or_none(kendall.pvalue),
-            _finite_or_none(weighted.statistic),
-        )
+        return cls(*rank_agreement(scores, accuracies))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +112,7 @@ class RankRow:
             "architecture": self.architecture,
             "num_source_classes": self.num_source_classes,
             "rank": self.rank,
-            "scores": {k: _finite_or_none(v) for k, v in self.scores.items()},
+            "scores": {k: finite_or_none(v) for k, v in self.scores.items()},
             "ranks": dict(self.ranks),
             "score_time_s": self.score_time_s,
             "accuracy": self.accuracy,

@@ -43,16 +43,46 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def _to_json(by_method: Mapping[str, Any]) -> dict[str, Any]:
-    return {json_key(m): jsonable(v) for m, v in by_method.items()}  # type: ignore[arg-type]
+class _JsonRow:
+    """`to_json` / `from_json` for a row dataclass whose fields are in the file's order.
 
+    Fields named in ``_BY_METHOD`` map method names to values (renamed on the way in
+    and out); tuples are JSON lists.
+    """
 
-def _from_json(by_key: Mapping[str, Any], convert=lambda v: v) -> dict[str, Any]:
-    return {_CODE_NAMES.get(k, k): convert(v) for k, v in by_key.items()}
+    _BY_METHOD = frozenset({"accuracy", "curves", "steps"})
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as stored in results.json (keys in the file's order)."""
+        record = {}
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, field.name)
+            if field.name in self._BY_METHOD:
+                value = {json_key(m): v for m, v in value.items()}
+            record[field.name] = jsonable(value)
+        return record
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]):
+        """A row of results.json (as `to_json` writes it)."""
+        values = {}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            value = record[field.name]
+            if field.name in cls._BY_METHOD:
+                value = {
+                    _CODE_NAMES.get(k, k): tuple(v) if isinstance(v, list) else v
+                    for k, v in value.items()
+                }
+            elif isinstance(value, list):
+                value = tuple(value)
+            elif isinstance(value, dict):
+                value = dict(value)
+            values[field.name] = value
+        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskRow:
+class TaskRow(_JsonRow):
     """One RQ1-RQ3 target task and what each method reached on it.
 
     Attributes:
@@ -93,52 +123,9 @@ class TaskRow:
     timings: Mapping[str, float]
     session: int
 
-    def to_json(self) -> dict[str, Any]:
-        """The row as stored in results.json (keys in the file's order)."""
-        return {
-            "id": self.id,
-            "pair": self.pair,
-            "regime": self.regime,
-            "task_index": self.task_index,
-            "classes": list(self.classes),
-            "num_classes": self.num_classes,
-            "n_train": self.n_train,
-            "n_test": self.n_test,
-            "class_counts": list(self.class_counts),
-            "num_noisy_labels": self.num_noisy_labels,
-            "scores": jsonable(dict(self.scores)),
-            "accuracy": _to_json(self.accuracy),
-            "curves": _to_json(self.curves),
-            "steps": _to_json(self.steps),
-            "timings": jsonable(dict(self.timings)),
-            "session": self.session,
-        }
-
-    @classmethod
-    def from_json(cls, row: Mapping[str, Any]) -> TaskRow:
-        """A row of results.json (as `to_json` writes it)."""
-        return cls(
-            id=row["id"],
-            pair=row["pair"],
-            regime=row["regime"],
-            task_index=row["task_index"],
-            classes=tuple(row["classes"]),
-            num_classes=row["num_classes"],
-            n_train=row["n_train"],
-            n_test=row["n_test"],
-            class_counts=tuple(row["class_counts"]),
-            num_noisy_labels=row["num_noisy_labels"],
-            scores=dict(row["scores"]),
-            accuracy=_from_json(row["accuracy"]),
-            curves=_from_json(row["curves"], tuple),
-            steps=_from_json(row["steps"]),
-            timings=dict(row["timings"]),
-            session=row["session"],
-        )
-
 
 @dataclasses.dataclass(frozen=True)
-class Rq4Row:
+class Rq4Row(_JsonRow):
     """One RQ4 run: a zoo model scored on, and transferred to, one target task.
 
     Attributes:
@@ -166,36 +153,3 @@ class Rq4Row:
     accuracy: Mapping[Method, float]
     timings: Mapping[str, float]
     session: int
-
-    def to_json(self) -> dict[str, Any]:
-        """The row as stored in results.json (keys in the file's order)."""
-        return {
-            "id": self.id,
-            "target": self.target,
-            "task_index": self.task_index,
-            "model": self.model,
-            "classes": list(self.classes),
-            "num_classes": self.num_classes,
-            "n_train": self.n_train,
-            "scores": jsonable(dict(self.scores)),
-            "accuracy": _to_json(self.accuracy),
-            "timings": jsonable(dict(self.timings)),
-            "session": self.session,
-        }
-
-    @classmethod
-    def from_json(cls, row: Mapping[str, Any]) -> Rq4Row:
-        """A row of results.json (as `to_json` writes it)."""
-        return cls(
-            id=row["id"],
-            target=row["target"],
-            task_index=row["task_index"],
-            model=row["model"],
-            classes=tuple(row["classes"]),
-            num_classes=row["num_classes"],
-            n_train=row["n_train"],
-            scores=dict(row["scores"]),
-            accuracy=_from_json(row["accuracy"]),
-            timings=dict(row["timings"]),
-            session=row["session"],
-        )

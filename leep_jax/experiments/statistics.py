@@ -33,6 +33,8 @@ __all__ = [
     "SELECTION_METHODS",
     "convergence",
     "correlation",
+    "finite_or_none",
+    "rank_agreement",
     "rows_by",
     "score_of",
     "selection",
@@ -167,16 +169,34 @@ def convergence(
     return out
 
 
-def _rank_agreement(scores: np.ndarray, accuracy: np.ndarray) -> dict[str, Any]:
+def rank_agreement(
+    scores: Sequence[float], accuracy: Sequence[float]
+) -> tuple[float | None, float | None, float | None]:
+    """Kendall's tau-b, its two-sided p-value and `scipy.stats.weightedtau` (defaults).
+
+    Each is None where undefined (fewer than 2 models, or all tied).
+    """
+    x, y = np.asarray(scores, np.float64), np.asarray(accuracy, np.float64)
+    if x.size < 2:
+        return None, None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ties everywhere: NaN, reported as None
-        kendall = scipy.stats.kendalltau(scores, accuracy)
-        weighted = scipy.stats.weightedtau(scores, accuracy)
+        kendall = scipy.stats.kendalltau(x, y)
+        weighted = scipy.stats.weightedtau(x, y)
+    return (
+        finite_or_none(kendall.statistic),
+        finite_or_none(kendall.pvalue),
+        finite_or_none(weighted.statistic),
+    )
+
+
+def _rank_agreement(scores: np.ndarray, accuracy: np.ndarray) -> dict[str, Any]:
+    kendall_tau, kendall_p, weighted_tau = rank_agreement(scores, accuracy)
     best = int(np.argmax(scores))
     return {
-        "kendall_tau": finite_or_none(kendall.statistic),
-        "kendall_p": finite_or_none(kendall.pvalue),
-        "weighted_tau": finite_or_none(weighted.statistic),
+        "kendall_tau": kendall_tau,
+        "kendall_p": kendall_p,
+        "weighted_tau": weighted_tau,
         "picked": best,
         "top1": bool(accuracy[best] >= accuracy.max()),
         "regret": float(accuracy.max() - accuracy[best]),
