@@ -46,6 +46,7 @@ from typing import Any
 import jax
 from tqdm.auto import tqdm
 
+from leep_jax.experiments import report
 from leep_jax.experiments.config import ExperimentConfig, source_spec
 from leep_jax.experiments.measure import rq4_row, task_row
 from leep_jax.experiments.pairs import Pair
@@ -338,5 +339,5 @@ def run_experiment(
         # Also on Ctrl-C: a report of the rows so far, marked incomplete.
         interrupted = sys.exc_info()[1]
         if write_report and (interrupted is None or isinstance(interrupted, KeyboardInterrupt)):
-            write_report(results, out)
+            report.write_report(results, out)
     return results
