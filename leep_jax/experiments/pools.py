@@ -74,6 +74,13 @@ def _capped_rows(
 
 
 def load_pool(target: DatasetSlice, config: ExperimentConfig) -> Pool:
+    """The target pool of ``target``: per class at most ``config.large_per_class`` training
+    and ``config.test_per_class`` test examples, drawn with the config's seed.
+
+    Raises:
+      ValueError: a class out of range or without examples.
+      FileNotFoundError, ImportError: the dataset is not available.
+    """
     classes = target.class_ids()
     total = dataset_num_classes(target.dataset)
     if classes[-1] >= total:
@@ -99,6 +106,7 @@ def _regime_kwargs(regime: str, config: ExperimentConfig) -> dict[str, Any]:
 
 
 def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> list[TargetTask]:
+    """The RQ1-RQ3 tasks of a pair in one regime (2..``max_classes`` classes each)."""
     classes = pool.target.class_ids()
     max_classes = len(classes) if config.max_classes is None else config.max_classes
     return sample_tasks(
@@ -115,6 +123,7 @@ def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> 
 
 
 def rq4_tasks(pool: Pool, config: ExperimentConfig) -> list[TargetTask]:
+    """The RQ4 tasks of a target pool (``rq4_num_classes`` classes each, large regime)."""
     classes = pool.target.class_ids()
     k = min(config.rq4_num_classes, len(classes))
     return sample_tasks(
