@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for leep-jax: the FashionMNIST dataset package (Debian/Ubuntu),
-# a virtual environment in .venv, and leep-jax with the given extras (default: none).
-# Usage: bash scripts/setup.sh [EXTRAS]     e.g. bash scripts/setup.sh test,tfds
+# a virtual environment in .venv, and leep-jax with the given extras (default:
+# experiments, which `leep-jax rank` and `leep-jax experiment` need; the scores alone
+# need none: `pip install leep-jax`).
+# Usage: bash scripts/setup.sh [EXTRAS]     e.g. bash scripts/setup.sh test,tfds,experiments
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,8 +16,4 @@ fi
 [ -d .venv ] || python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-if [ -n "${1:-}" ]; then
-  python -m pip install -q -e ".[$1]"
-else
-  python -m pip install -q -e .
-fi
+python -m pip install -q -e ".[${1:-experiments}]"

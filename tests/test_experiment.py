@@ -19,15 +19,13 @@ import pytest
 import scipy.stats
 
 from leep_jax.cli.main import main
-from leep_jax.experiments import paper, report
-from leep_jax.experiments.paper import (
-    REGIMES,
-    ConfigMismatchError,
-    ExperimentConfig,
-    parse_pair,
-    run_experiment,
-    task_scores,
-)
+from leep_jax.experiments import figures, pools, statistics, tables
+from leep_jax.experiments.config import REGIMES, ExperimentConfig, source_spec
+from leep_jax.experiments.measure import task_scores
+from leep_jax.experiments.pairs import parse_pair
+from leep_jax.experiments.results import ConfigMismatchError, read_results
+from leep_jax.experiments.rows import TaskRow
+from leep_jax.experiments.runner import _round_robin, run_experiment
 from leep_jax.scores import h_score, leep, nce
 from leep_jax.transfer.zoo import SourceSpec
 
@@ -96,7 +94,7 @@ def run_a(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LEEP_JAX_CACHE", str(root / "cache"))
         results = run_experiment(tiny_config(), root / "out", progress=False)
-    return root / "out", results
+    return root / "out", results.to_json()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +107,7 @@ def run_b(tmp_path_factory):
 
     def interrupt_after(k, seen):
         def on_task(row):
-            seen.append(row["id"])
+            seen.append(row.id)
             if len(seen) == k:
                 raise Interrupted
 
@@ -132,18 +130,18 @@ def run_b(tmp_path_factory):
             out,
             progress=False,
             max_new_tasks=20,
-            on_task=lambda row: calls[1].append(row["id"]),
+            on_task=lambda row: calls[1].append(row.id),
             workers=2,
         )
         final = run_experiment(
             tiny_config(),
             out,
             progress=False,
-            on_task=lambda row: calls[2].append(row["id"]),
+            on_task=lambda row: calls[2].append(row.id),
             write_report=False,
             workers=2,
         )
-    return out, after_interrupt, partial, final, calls
+    return out, after_interrupt, partial.to_json(), final.to_json(), calls
 
 
 def comparable(row):
@@ -173,7 +171,7 @@ def test_parse_pair(text, expected):
 
 def test_round_robin_takes_one_item_from_each_stream_in_turn():
     streams = iter([1, 2, 3]), iter([]), iter("ab")
-    assert list(paper._round_robin(*streams)) == [1, "a", 2, "b", 3]
+    assert list(_round_robin(*streams)) == [1, "a", 2, "b", 3]
 
 
 def test_parse_pair_routes_tfds_names():
@@ -247,7 +245,9 @@ def test_tfds_pair_runs_end_to_end_on_tfds_mock_data(tmp_path, monkeypatch):
     pair = "tfds:cifar10[0-2]->tfds:cifar100[0-2]"
     config = tiny_config(pairs=(pair,), zoo=(), tasks_per_regime={"large_balanced": 3})
     with tfds.testing.mock_data(num_examples=300):
-        results = run_experiment(config, tmp_path / "out", progress=False, write_report=False)
+        results = run_experiment(
+            config, tmp_path / "out", progress=False, write_report=False
+        ).to_json()
     source = results["sources"][pair]
     assert source["spec"]["dataset"] == "tfds:cifar10" and source["spec"]["flip"] is True
     assert len(results["tasks"]) == 3 and results["complete"]
@@ -294,6 +294,30 @@ def test_task_scores_rejects_too_few_rows():
         task_scores(np.zeros((5, 2)), np.zeros((5, 3)), np.zeros(5, np.int32), 2, pad_to=4)
 
 
+def _task_row(pair, regime, task_index, num_classes, scores, accuracy) -> TaskRow:
+    """A row with only what the statistics read (the rest zero), from a JSON-style dict."""
+    return TaskRow.from_json(
+        {
+            "id": f"{pair}|{regime}|{task_index:03d}",
+            "pair": pair,
+            "regime": regime,
+            "task_index": task_index,
+            "classes": list(range(num_classes)),
+            "num_classes": num_classes,
+            "n_train": 0,
+            "n_test": 0,
+            "class_counts": [],
+            "num_noisy_labels": 0,
+            "scores": scores,
+            "accuracy": accuracy,
+            "curves": {},
+            "steps": {},
+            "timings": {},
+            "session": 0,
+        }
+    )
+
+
 def test_within_class_count_averages_scipy_per_group():
     rng = np.random.default_rng(1)
     rows = []
@@ -311,7 +335,8 @@ def test_within_class_count_averages_scipy_per_group():
                 },
             }
         )
-    got = report.within_class_count(rows, ["p"], ["large_balanced"])["p"]["large_balanced"]
+    typed = [_task_row(**row) for row in rows]
+    got = statistics.within_class_count(typed, ["p"], ["large_balanced"])["p"]["large_balanced"]
     expected = np.mean(
         [
             scipy.stats.pearsonr(
@@ -457,14 +482,16 @@ def test_report_and_figures_written(run_a):
     glance = text.split("## At a glance", 1)[1].split("## Setup", 1)[0]
     for pair in PAIRS:
         large = results["summary"][pair]["large_balanced"]["leep"]
-        quoted = f"LEEP {report._r(large['retrain_head'])} / {report._r(large['fine_tune'])}"
+        quoted = (
+            f"LEEP {tables.r_text(large['retrain_head'])} / {tables.r_text(large['fine_tune'])}"
+        )
         assert f"RQ1, `{pair}`" in glance and quoted in glance
     weighted = results["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau_mean"]
-    assert f"LEEP {report._num(weighted)}" in glance
+    assert f"LEEP {tables.num_text(weighted)}" in glance
     pngs = sorted(p.name for p in out.glob("*.png"))
     for pair in PAIRS:
         for regime in TASKS:
-            slug = f"{report._slug(pair)}_{regime}.png"
+            slug = f"{figures.slug(pair)}_{regime}.png"
             assert f"scatter_{slug}" in pngs and f"curves_{slug}" in pngs
     for path in out.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -495,7 +522,7 @@ def test_interrupted_run_resumes_without_recomputing(run_b):
     again = run_experiment(
         tiny_config(), out, progress=False, on_task=pytest.fail, write_report=False
     )
-    assert again["complete"] is True
+    assert again.complete is True
 
 
 @pytest.mark.slow  # shares two tiny end-to-end runs (about a minute on 2 cores)
@@ -519,7 +546,7 @@ def test_other_seed_gives_other_tasks_and_scores(run_a, tmp_path, monkeypatch):
     other = run_experiment(config, tmp_path / "out", progress=False, write_report=False)
     _, a = run_a
     first = [t for t in a["tasks"] if t["pair"] == PAIRS[0] and t["regime"] == "large_balanced"]
-    assert [t["scores"] for t in other["tasks"]] != [t["scores"] for t in first]
+    assert [t.scores for t in other.tasks] != [t["scores"] for t in first]
 
 
 @pytest.mark.slow  # shares two tiny end-to-end runs (about a minute on 2 cores)
@@ -536,46 +563,54 @@ def test_config_mismatch_is_refused(run_a, capsys):
 
 
 def test_head_retraining_on_cached_features_matches_retrain_head(tmp_path, monkeypatch):
-    # The experiment trains heads on features from one pass over the pool; that must be
-    # what `leep_jax.transfer.methods.retrain_head` gives on the task itself.
-    from leep_jax.transfer.methods import retrain_head
+    # The experiment trains heads on features from one pass over the pool (the recipe of
+    # `head_recipe`); that must be what `leep_jax.transfer.methods.retrain_head` gives on
+    # the task itself.
+    from leep_jax.experiments.config import head_recipe
+    from leep_jax.transfer.methods import retrain_head, train_head
+    from leep_jax.transfer.train import evaluate
     from leep_jax.transfer.zoo import train_source_model
 
     monkeypatch.setenv("LEEP_JAX_CACHE", str(tmp_path / "cache"))
     config = tiny_config()
     pair = config.parsed_pairs[0]
-    model = train_source_model(paper.source_spec(config, pair.source))
-    pool = paper._load_pool(pair.target, config)
-    outputs = paper._pool_outputs(model, pool, config.eval_batch_size)
-    task = paper._pair_tasks(pool, str(pair), "large_balanced", config)[0]
-    got, _ = paper._retrain_head(
-        outputs["train_features"][task.train_indices],
-        task.train_labels,
-        outputs["test_features"][task.test_indices],
+    model = train_source_model(source_spec(config, pair.source))
+    pool = pools.load_pool(pair.target, config)
+    outputs = pools.pool_outputs(model, pool, config.eval_batch_size)
+    task = pools.pair_tasks(pool, str(pair), "large_balanced", config)[0]
+    recipe = head_recipe(config, seed=7)
+    head, _ = train_head(
+        outputs.train_features[task.train_indices], task.train_labels, task.num_classes, recipe
+    )
+    got = evaluate(
+        head,
+        outputs.test_features[task.test_indices],
         task.test_labels,
-        task.num_classes,
-        config,
-        seed=7,
+        batch_size=config.eval_batch_size,
     )
-    expected = retrain_head(
-        model,
-        task,
-        epochs=config.head_epochs,
-        batch_size=config.batch_size,
-        lr=config.head_lr,
-        weight_decay=config.weight_decay,
-        seed=7,
-        eval_batch_size=config.eval_batch_size,
-    )
+    expected = retrain_head(model, task, recipe)
     assert got == pytest.approx(expected.test_accuracy, abs=1.0 / task.test_indices.size + 1e-9)
 
 
-def test_committed_full_report_is_generated_from_its_results(tmp_path):
+def test_committed_full_report_is_generated_from_its_results(tmp_path, capsys):
     """benchmarks/results/experiment/report.md is exactly what its results.json gives."""
     committed = Path(__file__).parent.parent / "benchmarks" / "results" / "experiment"
-    results = json.loads((committed / "results.json").read_text())
-    report.write_report(results, tmp_path)
+    text = (committed / "results.json").read_text()
+    assert read_results(committed).to_json() == json.loads(text)  # typed rows round-trip
+    (tmp_path / "results.json").write_text(text)
+    assert main(["experiment", "--report-only", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "report.md")
     assert (tmp_path / "report.md").read_text() == (committed / "report.md").read_text()
     assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
         p.name for p in committed.glob("*.png")
     )
+
+
+@pytest.mark.parametrize("content", [None, "{not json", '{"tasks": []}'])
+def test_report_only_without_a_results_file_exits_2_with_one_line(tmp_path, capsys, content):
+    if content is not None:
+        (tmp_path / "results.json").write_text(content)
+    assert main(["experiment", "--report-only", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "results.json" in err
+    assert not (tmp_path / "report.md").exists()

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from leep_jax.experiments.paper import REGIMES, ExperimentConfig
+from leep_jax.experiments.config import REGIMES, ExperimentConfig
 
 METRICS = ("leep", "nce", "h_score")
 

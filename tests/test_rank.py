@@ -13,12 +13,13 @@ import scipy.stats
 from flax import nnx
 
 from leep_jax.cli.main import main
-from leep_jax.data import fashion_mnist
+from leep_jax.data import fashion_mnist, load_target_task, match_channels
 from leep_jax.data import tfds as tfds_adapter
 from leep_jax.experiments import rank
 from leep_jax.models import build_model, forward
 from leep_jax.scores import h_score, leep, nce
-from leep_jax.transfer.zoo import load_zoo, tiny_zoo
+from leep_jax.transfer.presets import tiny_zoo
+from leep_jax.transfer.zoo import load_zoo
 
 NUM_TRAIN_PER_CLASS = 12
 
@@ -26,7 +27,7 @@ NUM_TRAIN_PER_CLASS = 12
 @pytest.fixture(scope="module")
 def task():
     # Digits are bundled with scikit-learn: always available offline.
-    return rank.load_target_task(
+    return load_target_task(
         "digits", classes=(0, 3, 8), train_per_class=NUM_TRAIN_PER_CLASS, test_per_class=10
     )
 
@@ -45,18 +46,18 @@ def models():
 def test_help_names_the_default_task():
     from leep_jax.cli import rank as rank_cli
 
-    default = rank.load_target_task("digits", num_classes=5, seed=0)
+    default = load_target_task("digits", num_classes=5, seed=0)
     digits = ", ".join(map(str, default.classes))
     assert f"(seed 0: the digits {digits})" in " ".join(rank_cli.__doc__.split())
 
 
 def test_load_target_task_default_draw_is_seeded():
-    a = rank.load_target_task("digits", num_classes=5, train_per_class=5, seed=3)
-    b = rank.load_target_task("digits", num_classes=5, train_per_class=5, seed=3)
+    a = load_target_task("digits", num_classes=5, train_per_class=5, seed=3)
+    b = load_target_task("digits", num_classes=5, train_per_class=5, seed=3)
     assert a.num_classes == 5 and a.classes == b.classes and a.seed == 3
     np.testing.assert_array_equal(a.train_indices, b.train_indices)
     assert np.bincount(a.train_labels).tolist() == [5] * 5
-    c = rank.load_target_task("digits", num_classes=5, train_per_class=5, seed=4)
+    c = load_target_task("digits", num_classes=5, train_per_class=5, seed=4)
     assert not np.array_equal(a.train_indices, c.train_indices)
 
 
@@ -76,16 +77,16 @@ def test_load_target_task_default_draw_is_seeded():
 def test_load_target_task_rejects_bad_input(kwargs, message):
     kwargs = {"dataset": "digits", **kwargs}
     with pytest.raises(ValueError, match=message):
-        rank.load_target_task(kwargs.pop("dataset"), **kwargs)
+        load_target_task(kwargs.pop("dataset"), **kwargs)
 
 
 def test_match_channels():
     grey = np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8, 1)
-    rgb = rank.match_channels(grey, 3)
+    rgb = match_channels(grey, 3)
     assert rgb.shape == (2, 8, 8, 3) and rgb.dtype == np.uint8
     # Equal channels: the luma weights sum to 1, so grey -> RGB -> grey is the identity.
-    np.testing.assert_array_equal(rank.match_channels(rgb, 1), grey)
-    assert rank.match_channels(grey, 1) is grey
+    np.testing.assert_array_equal(match_channels(rgb, 1), grey)
+    assert match_channels(grey, 1) is grey
 
 
 def test_rank_models_scores_and_ranks(task, models):
@@ -203,7 +204,7 @@ def test_rank_models_gives_each_model_its_channel_count(task, models):
     rgb_model = build_model("small_cnn", num_classes=4, in_channels=3, width=4)
     result = rank.rank_models({"rgb": rgb_model, "grey": models["cnn-z3-s0"]}, task)
     rgb_row = next(row for row in result.rows if row.name == "rgb")
-    rgb_images = rank.match_channels(task.train_images, 3).astype(np.float32) / 255
+    rgb_images = match_channels(task.train_images, 3).astype(np.float32) / 255
     logits, _ = forward(rgb_model, rgb_images)
     expected = leep(logits, task.train_labels, 3, from_logits=True)
     np.testing.assert_allclose(rgb_row.scores["leep"], expected, rtol=1e-5)

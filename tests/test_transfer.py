@@ -291,7 +291,9 @@ def source_model():
 
 def test_retrain_head_freezes_the_body(source_model):
     before = snapshot(source_model)
-    result = retrain_head(source_model, synthetic_task(), epochs=5, batch_size=16, lr=0.1)
+    result = retrain_head(
+        source_model, synthetic_task(), epochs=5, batch_size=16, learning_rate=0.1
+    )
     assert_trees_equal(snapshot(source_model), before)  # the source is not touched
     after = snapshot(result.model)
     body_before = {k: v for k, v in before.items() if k != "head"}
@@ -311,7 +313,7 @@ def test_retrain_head_freezes_the_body(source_model):
 def test_fine_tune_does_not_mutate_the_source(source_model):
     before = snapshot(source_model)
     task = dataclasses.replace(synthetic_task(), num_classes=4)  # a new head size
-    result = fine_tune(source_model, task, epochs=2, batch_size=16, lr=0.05)
+    result = fine_tune(source_model, task, epochs=2, batch_size=16, learning_rate=0.05)
     assert_trees_equal(snapshot(source_model), before)
     assert source_model.head.kernel.shape == (source_model.feature_dim, NUM_CLASSES)
     tuned = snapshot(result.model)
@@ -377,7 +379,7 @@ def test_related_source_beats_scratch_on_fashion_mnist():
             train, test, [5, 6, 7, 8, 9], seed=seed, regime="small", max_per_class=10,
             max_test_per_class=100,
         )  # fmt: skip
-        kwargs = dict(epochs=8, batch_size=25, lr=0.05, seed=seed)
+        kwargs = dict(epochs=8, batch_size=25, learning_rate=0.05, seed=seed)
         ft = fine_tune(source, task, **kwargs)
         sc = train_from_scratch("small_cnn", task, model_kwargs={"width": 8}, **kwargs)
         assert ft.num_steps == sc.num_steps == 16

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 
 from leep_jax.data import load_fashion_mnist
+from leep_jax.transfer.presets import default_zoo, tiny_zoo
 from leep_jax.transfer.train import predict_logits
 from leep_jax.transfer.zoo import (
     SourceSpec,
-    default_zoo,
     load_zoo,
     source_checkpoint_path,
     source_metadata,
-    tiny_zoo,
     train_source_model,
 )
 

@@ -16,21 +16,20 @@ with optional classes in brackets: 'fashion_mnist[0-4]->fashion_mnist[5-9]',
 needs the tfds extra and prepared TFDS data). Quote pairs in the shell.
 
 --quick is a smoke test (minutes on a 2-core CPU, first run included); the full run
-takes hours on a CPU and can be stopped and resumed at any time.
+takes hours on a CPU and can be stopped and resumed at any time. --report-only OUT
+rewrites OUT/report.md and the figures from OUT/results.json without running anything.
+
+Needs the 'experiments' extra (scikit-learn, matplotlib): pip install 'leep-jax[experiments]'.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from leep_jax.cli.errors import CLIError
-from leep_jax.experiments.paper import (
-    DEFAULT_PAIRS,
-    ConfigMismatchError,
-    ExperimentConfig,
-    parse_pair,
-    run_experiment,
-)
+from leep_jax.cli.errors import CLIError, require_extra
+from leep_jax.experiments.config import DEFAULT_PAIRS, ExperimentConfig
+from leep_jax.experiments.pairs import parse_pair
+from leep_jax.experiments.results import ConfigMismatchError, read_results
 
 
 def add_parser(subparsers) -> None:
@@ -73,10 +72,30 @@ def add_parser(subparsers) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+    parser.add_argument(
+        "--report-only",
+        metavar="OUT",
+        help="rewrite OUT/report.md and the figures from OUT/results.json; run nothing",
+    )
     parser.set_defaults(run=run)
 
 
+def _report_only(out: str) -> int:
+    from leep_jax.experiments.report import write_report
+
+    try:
+        results = read_results(out)
+        path = write_report(results, out)
+    except (FileNotFoundError, ValueError) as error:
+        raise CLIError(" ".join(str(error).split())) from None
+    print(path)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    require_extra("experiments", ("sklearn", "matplotlib"), "leep-jax experiment")
+    if args.report_only is not None:
+        return _report_only(args.report_only)
     pairs = None
     if args.pair:
         try:
@@ -93,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise CLIError(str(error)) from None
     out = args.out or ("experiment-quick" if args.quick else "experiment-full")
+    from leep_jax.experiments.runner import run_experiment  # trains models: loads JAX programs
+
     try:
         results = run_experiment(
             config,
@@ -109,9 +130,9 @@ def run(args: argparse.Namespace) -> int:
         # Bad input detected while loading data (e.g. classes out of range for a TFDS
         # dataset); training code raises no ValueError on valid configurations.
         raise CLIError(" ".join(str(error).split())) from None
-    state = "complete" if results["complete"] else "incomplete: run again to resume"
+    state = "complete" if results.complete else "incomplete: run again to resume"
     print(
-        f"{len(results['tasks'])} tasks, {len(results['rq4']['rows'])} RQ4 runs ({state}); "
-        f"{results['duration_s']:.0f} s in total; wrote {out}/results.json and {out}/report.md"
+        f"{len(results.tasks)} tasks, {len(results.rq4_rows)} RQ4 runs ({state}); "
+        f"{results.duration_s:.0f} s in total; wrote {out}/results.json and {out}/report.md"
     )
     return 0

@@ -22,8 +22,9 @@ import os
 import sys
 
 from leep_jax.cli.errors import CLIError
-from leep_jax.experiments.rank import SCORE_NAMES, VERIFY_METHODS, load_target_task, rank_models
-from leep_jax.transfer import zoo
+from leep_jax.data.target import load_target_task
+from leep_jax.experiments.rank import SCORE_NAMES, VERIFY_METHODS, rank_models
+from leep_jax.transfer import presets
 from leep_jax.transfer.zoo import load_zoo
 
 _ZOOS = ("default", "tiny")
@@ -201,8 +202,8 @@ def _one_line(error: BaseException) -> str:
 def _zoo_specs(zoo_name: str, names: list[str] | None) -> list:
     """The zoo's specs, or the named models of any zoo (checked before any training)."""
     if names is None:
-        return zoo.default_zoo() if zoo_name == "default" else zoo.tiny_zoo()
-    known = {spec.name: spec for spec in (*zoo.default_zoo(), *zoo.tiny_zoo())}
+        return presets.default_zoo() if zoo_name == "default" else presets.tiny_zoo()
+    known = {spec.name: spec for spec in (*presets.default_zoo(), *presets.tiny_zoo())}
     unknown = [name for name in names if name not in known]
     if unknown:
         raise CLIError(f"unknown model {unknown[0]!r}; known models: {', '.join(known)}")

@@ -51,13 +51,25 @@ def load_digits(
     return train if split == "train" else test
 
 
+def _sklearn():
+    """scikit-learn (the ``experiments`` extra), imported on first use of the digits."""
+    try:
+        import sklearn.datasets
+        import sklearn.model_selection
+    except ImportError:
+        raise ImportError(
+            "the digits dataset (scikit-learn) needs the 'experiments' extra: "
+            "pip install 'leep-jax[experiments]'"
+        ) from None
+    return sklearn
+
+
 @functools.lru_cache(maxsize=8)
 def _load_split(
     size: int, test_fraction: float, seed: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    import sklearn.model_selection  # deferred: keeps `import leep_jax` light
-
     images, labels = _all_images(size)
+    sklearn = _sklearn()
     indices = np.arange(labels.shape[0])
     train_idx, test_idx = sklearn.model_selection.train_test_split(
         indices, test_size=test_fraction, random_state=seed, stratify=labels
@@ -75,9 +87,7 @@ def _load_split(
 
 @functools.lru_cache(maxsize=4)
 def _all_images(size: int) -> tuple[np.ndarray, np.ndarray]:
-    import sklearn.datasets
-
-    bunch = sklearn.datasets.load_digits()
+    bunch = _sklearn().datasets.load_digits()
     images = np.asarray(bunch.images, dtype=np.float32)  # [1797, 8, 8] in 0..16
     if size != images.shape[1]:
         # Bilinear (and, when shrinking, antialiased triangle-filter) interpolation is a

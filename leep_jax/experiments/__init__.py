@@ -1,6 +1,13 @@
-"""Experiments: ranking a model zoo for a target task, the paper's protocol, reports.
+"""Experiments: ranking a model zoo for a target task, and the LEEP paper's protocol.
 
-Each experiment lives in its own module (``leep_jax.experiments.rank``, ...); import
-the one you need. Nothing is imported here, so loading one experiment never pulls in
-the others.
+* :mod:`.rank`: `rank_models`, what ``leep-jax rank`` runs.
+* The paper's experiments (``leep-jax experiment``), one concept per module:
+  :mod:`.pairs` (``SOURCE->TARGET``), :mod:`.config` (`ExperimentConfig`, seeds,
+  recipes), :mod:`.pools` (target pools and their tasks), :mod:`.measure` (one task's
+  scores and transfer accuracies as a typed row of :mod:`.rows`), :mod:`.results`
+  (``results.json``: load, atomic write, resume), :mod:`.runner` (`run_experiment`),
+  :mod:`.statistics` (correlations, rank agreement), :mod:`.figures`, :mod:`.tables`
+  and :mod:`.report` (``report.md``).
+
+Nothing is imported here, so loading one experiment never pulls in the others.
 """

@@ -11,7 +11,8 @@ with the accuracy actually reached is reported: Kendall's tau
 the ranking most).
 
 Example:
-  >>> from leep_jax.experiments.rank import load_target_task, rank_models
+  >>> from leep_jax.data import load_target_task
+  >>> from leep_jax.experiments.rank import rank_models
   >>> task = load_target_task("digits", num_classes=5, seed=0)    # doctest: +SKIP
   >>> result = rank_models({"a": model_a, "b": model_b}, task)     # doctest: +SKIP
   >>> print(result.format_table())                                 # doctest: +SKIP
@@ -22,173 +23,37 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import scipy.stats
 from flax import nnx
 from tqdm.auto import tqdm
 
-from leep_jax.data import dataset_num_classes, load_dataset, make_task, sample_tasks
-from leep_jax.data.tasks import TargetTask
+from leep_jax.data.task import Task, TaskArrays
+from leep_jax.experiments.statistics import finite_or_none, rank_agreement
 from leep_jax.models.zoo_scores import ZooStrategy, score_zoo
-from leep_jax.transfer.methods import fine_tune, retrain_head
+from leep_jax.transfer.methods import Method, fine_tune, retrain_head
 
 __all__ = [
     "SCORE_NAMES",
     "Correlation",
     "RankResult",
     "RankRow",
-    "load_target_task",
-    "match_channels",
     "rank_models",
 ]
 
 SCORE_NAMES = ("leep", "nce", "h_score")
 SCORE_LABELS = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
-VERIFY_METHODS = ("fine_tune", "retrain_head")
+# The transfer methods (`leep_jax.transfer.METHODS`) that start from the source model.
+VERIFY_METHODS: tuple[Method, ...] = ("fine_tune", "retrain_head")
 
 ScoreName = Literal["leep", "nce", "h_score"]
 VerifyMethod = Literal["fine_tune", "retrain_head"]
 
 
-class Task(Protocol):
-    """What ranking reads from a target task (`leep_jax.data.TargetTask` fits)."""
-
-    @property
-    def num_classes(self) -> int: ...
-
-    @property
-    def train_images(self) -> np.ndarray: ...
-
-    @property
-    def train_labels(self) -> np.ndarray: ...
-
-    @property
-    def test_images(self) -> np.ndarray: ...
-
-    @property
-    def test_labels(self) -> np.ndarray: ...
-
-
-# ----------------------------------------------------------------------- target task
-
-
-def match_channels(images: np.ndarray, in_channels: int) -> np.ndarray:
-    """Converts NHWC images between grey (1 channel) and RGB (3 channels).
-
-    RGB becomes grey by the ITU-R BT.601 luma weights (what PIL's ``convert("L")``
-    uses); grey becomes RGB by repeating the channel.
-
-    Args:
-      images: ``[n, h, w, c]`` uint8 or float images, ``c`` in {1, 3}.
-      in_channels: the channel count wanted, 1 or 3.
-
-    Returns:
-      ``[n, h, w, in_channels]`` images of the input dtype (``images`` itself when the
-      channel count already matches).
-
-    Raises:
-      ValueError: for other channel counts.
-    """
-    channels = images.shape[-1]
-    if channels == in_channels:
-        return images
-    if (channels, in_channels) == (3, 1):
-        weights = np.asarray([0.299, 0.587, 0.114], np.float32)
-        grey = images.astype(np.float32) @ weights
-        if images.dtype == np.uint8:
-            grey = np.clip(np.rint(grey), 0, 255)
-        return grey.astype(images.dtype)[..., None]
-    if (channels, in_channels) == (1, 3):
-        return np.repeat(images, 3, axis=-1)
-    raise ValueError(f"cannot convert images with {channels} channels to {in_channels} channels")
-
-
-def load_target_task(
-    dataset: str = "digits",
-    *,
-    classes: Sequence[int] | None = None,
-    num_classes: int = 5,
-    train_per_class: int | None = None,
-    test_per_class: int | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-) -> TargetTask:
-    """Builds a target task from a dataset by name.
-
-    Without ``classes``, the task generator (`leep_jax.data.sample_tasks`) draws
-    ``num_classes`` classes of the dataset with ``seed``, so a seed names a task.
-
-    Args:
-      dataset: ``"digits"``, ``"fashion_mnist"`` or ``"tfds:<name>"``.
-      classes: original class ids of the task (label j stands for ``classes[j]``).
-      num_classes: how many classes to draw when ``classes`` is not given.
-      train_per_class: at most this many training examples per class (drawn with
-        ``seed``); None keeps them all.
-      test_per_class: at most this many test examples per class; None keeps them all.
-      seed: seeds the class draw and the example draws.
-      image_size: image height and width to load at (see `leep_jax.data.load_dataset`).
-
-    Returns:
-      The `TargetTask`.
-
-    Raises:
-      ValueError: unknown dataset, fewer than 2 classes, repeated classes or classes
-        out of range, bad per-class counts.
-      FileNotFoundError: the dataset is not available (the message says how to get it).
-      ImportError: a TFDS dataset without the ``tfds`` extra.
-    """
-    total = dataset_num_classes(dataset)  # checks the name before any loading
-    if classes is not None:
-        classes = tuple(int(c) for c in classes)
-        if len(classes) < 2:
-            raise ValueError(f"a target task needs at least 2 classes, got {len(classes)}")
-        bad = [c for c in classes if not 0 <= c < total]
-        if bad:
-            raise ValueError(
-                f"class {bad[0]} is out of range for {dataset} (classes 0..{total - 1})"
-            )
-        if len(set(classes)) != len(classes):
-            raise ValueError(f"classes must be distinct, got {','.join(map(str, classes))}")
-    elif not 2 <= num_classes <= total:
-        raise ValueError(
-            f"num_classes must be between 2 and {total} for {dataset}, got {num_classes}"
-        )
-    for what, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
-        if value is not None and value < 1:
-            raise ValueError(f"{what} must be a positive int, got {value}")
-
-    splits = [load_dataset(dataset, split, image_size=image_size) for split in ("train", "test")]
-    common = {
-        "regime": "large" if train_per_class is None else "small",
-        "max_per_class": train_per_class or 1,
-        "max_test_per_class": test_per_class,
-        "dataset": dataset,
-    }
-    if classes is None:
-        (task,) = sample_tasks(
-            *splits,
-            class_pool=range(total),
-            num_tasks=1,
-            seed=seed,
-            min_classes=num_classes,
-            max_classes=num_classes,
-            **common,
-        )
-        # The generator seeds each task from a child of `seed`; record the seed that
-        # reproduces this one.
-        return dataclasses.replace(task, seed=seed)
-    return make_task(*splits, classes, seed=seed, **common)
-
-
 # --------------------------------------------------------------------------- results
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,19 +75,7 @@ class Correlation:
     @classmethod
     def between(cls, scores: Sequence[float], accuracies: Sequence[float]) -> Correlation:
         """Correlations of ``scores`` with ``accuracies`` (same model order)."""
-        x, y = np.asarray(scores, np.float64), np.asarray(accuracies, np.float64)
-        if x.size < 2:
-            return cls(None, None, None)
-        with warnings.catch_warnings():
-            # Constant input: scipy warns and returns NaN, which is reported as None.
-            warnings.simplefilter("ignore")
-            kendall = scipy.stats.kendalltau(x, y)
-            weighted = scipy.stats.weightedtau(x, y)
-        return cls(
-            _finite_or_none(kendall.statistic),
-            _finite_or_none(kendall.pvalue),
-            _finite_or_none(weighted.statistic),
-        )
+        return cls(*rank_agreement(scores, accuracies))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +112,7 @@ class RankRow:
             "architecture": self.architecture,
             "num_source_classes": self.num_source_classes,
             "rank": self.rank,
-            "scores": {k: _finite_or_none(v) for k, v in self.scores.items()},
+            "scores": {k: finite_or_none(v) for k, v in self.scores.items()},
             "ranks": dict(self.ranks),
             "score_time_s": self.score_time_s,
             "accuracy": self.accuracy,
@@ -385,7 +238,7 @@ def _ranks(values: Sequence[float]) -> list[int]:
     return [int(r) for r in scipy.stats.rankdata(-keyed, method="min")]
 
 
-def _task_info(task: Task, view: _TaskView) -> dict[str, Any]:
+def _task_info(task: Task, view: TaskArrays) -> dict[str, Any]:
     classes = getattr(task, "classes", None)
     return {
         "name": getattr(task, "name", None),
@@ -399,34 +252,6 @@ def _task_info(task: Task, view: _TaskView) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- ranking
-
-
-@dataclasses.dataclass(frozen=True)
-class _TaskView:
-    """A task's arrays read once (TargetTask gathers images on every access)."""
-
-    num_classes: int
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-    @classmethod
-    def of(cls, task: Task) -> _TaskView:
-        return cls(
-            int(task.num_classes),
-            np.asarray(task.train_images),
-            np.asarray(task.train_labels, np.int32),
-            np.asarray(task.test_images),
-            np.asarray(task.test_labels, np.int32),
-        )
-
-    def with_channels(self, in_channels: int) -> _TaskView:
-        return dataclasses.replace(
-            self,
-            train_images=match_channels(self.train_images, in_channels),
-            test_images=match_channels(self.test_images, in_channels),
-        )
 
 
 def rank_models(
@@ -484,9 +309,9 @@ def rank_models(
         )
     num_classes = int(task.num_classes)
     # TargetTask gathers images on every access: read them once (per channel count).
-    views = {None: _TaskView.of(task)}
+    views = {None: TaskArrays.of(task)}
 
-    def view_for(name: str) -> _TaskView:
+    def view_for(name: str) -> TaskArrays:
         in_channels = getattr(models[name], "in_channels", None) if match_input_channels else None
         if in_channels not in views:
             try:
@@ -497,7 +322,7 @@ def rank_models(
 
     names = list(models)
     scores, times = {}, {}
-    by_view: dict[int, tuple[_TaskView, list[str]]] = {}
+    by_view: dict[int, tuple[TaskArrays, list[str]]] = {}
     for name in names:
         view = view_for(name)
         by_view.setdefault(id(view), (view, []))[1].append(name)

@@ -1,18 +1,19 @@
 """Ground-truth transfer: head re-training, fine-tuning, training from scratch.
 
 LEEP predicts the accuracy these methods reach on a target task; the experiments
-compare the prediction with the real thing. All three share the recipe of
-`leep_jax.transfer.train` (SGD + Nesterov, cosine schedule, kernel-only weight decay)
-and return a `TransferResult`.
+compare the prediction with the real thing. All three train with the recipe of
+`leep_jax.transfer.train` (one `TrainConfig` value each: `HEAD_RECIPE`,
+`FINE_TUNE_RECIPE`, `SCRATCH_RECIPE`) and return a `TransferResult`. `METHODS` names
+them, once for the whole package.
 
 * `retrain_head` (the paper's "re-train head", Sec. 5.1): the source body is frozen
-  and a new linear head is trained. The frozen features are computed once, in one
-  eval-mode pass over the train and test images, and the head is trained on them. This
-  is exactly equivalent to training through a frozen body without augmentation, and
-  orders of magnitude faster; it is the standard way to fit linear probes. (Random-crop
-  augmentation does not apply here, since each image's features are computed once.)
+  and a new linear head is trained: `extract_features` (one eval-mode pass over the
+  train and test images), then `train_head` on the features. This is exactly
+  equivalent to training through a frozen body without augmentation, and orders of
+  magnitude faster; it is the standard way to fit linear probes. The experiments call
+  the two halves themselves, on features they computed once for a whole task pool.
 * `fine_tune`: a copy of the source model with a new head; every layer trains.
-  Its defaults equal `train_from_scratch`'s, so that the two compare like for like.
+  Its recipe equals `train_from_scratch`'s, so that the two compare like for like.
 * `train_from_scratch`: the same architecture from random weights, the paper's
   reference for how much the source helps.
 
@@ -25,36 +26,41 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 from flax import nnx
+from jax.typing import ArrayLike
 
+from leep_jax.data.task import Task, TaskArrays
 from leep_jax.models import build_model
-from leep_jax.transfer.train import FitHistory, TrainConfig, _apply_batched, fit
+from leep_jax.transfer.train import FitHistory, TrainConfig, extract_features, fit
 
-__all__ = ["TransferResult", "fine_tune", "retrain_head", "train_from_scratch"]
+__all__ = [
+    "FINE_TUNE_RECIPE",
+    "HEAD_RECIPE",
+    "METHODS",
+    "SCRATCH_RECIPE",
+    "Method",
+    "TransferResult",
+    "extract_features",
+    "fine_tune",
+    "retrain_head",
+    "train_from_scratch",
+    "train_head",
+]
 
 Method = Literal["retrain_head", "fine_tune", "train_from_scratch"]
+METHODS: tuple[Method, ...] = ("retrain_head", "fine_tune", "train_from_scratch")
 
-
-class Task(Protocol):
-    """What the methods read from a target task (`leep_jax.data.TargetTask` fits)."""
-
-    @property
-    def num_classes(self) -> int: ...
-
-    @property
-    def train_images(self) -> np.ndarray: ...
-
-    @property
-    def train_labels(self) -> np.ndarray: ...
-
-    @property
-    def test_images(self) -> np.ndarray: ...
-
-    @property
-    def test_labels(self) -> np.ndarray: ...
+# A linear head on frozen features: no augmentation applies (features are not images).
+HEAD_RECIPE = TrainConfig(
+    epochs=30, batch_size=64, learning_rate=0.1, schedule="cosine", crop_padding=0, flip=False
+)
+FINE_TUNE_RECIPE = TrainConfig(
+    epochs=10, batch_size=64, learning_rate=0.05, schedule="cosine", crop_padding=2, flip=False
+)
+SCRATCH_RECIPE = FINE_TUNE_RECIPE  # like for like: the gain of fine-tuning is the source's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +90,8 @@ class TransferResult:
     model: nnx.Module = dataclasses.field(repr=False, compare=False)
 
 
-def _task_arrays(task: Task) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    num_classes = int(task.num_classes)
-    if num_classes < 2:
-        raise ValueError(f"a target task needs at least 2 classes, got {num_classes}")
-    # TargetTask gathers images on every attribute access: read each split once.
-    train_images, test_images = task.train_images, task.test_images
-    train_labels = np.asarray(task.train_labels)
-    test_labels = np.asarray(task.test_labels)
-    for split, labels in (("train", train_labels), ("test", test_labels)):
-        if labels.size == 0:
-            raise ValueError(f"the task's {split} split is empty")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(
-                f"{split} labels must lie in [0, {num_classes}), got "
-                f"[{labels.min()}, {labels.max()}]"
-            )
-    return num_classes, train_images, train_labels, test_images, test_labels
+def _recipe(config: TrainConfig, changes: Mapping[str, Any]) -> TrainConfig:
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 def _result(
@@ -122,43 +113,67 @@ def _result(
     )
 
 
-def _with_new_head(source_model: nnx.Module, num_classes: int, seed: int) -> nnx.Module:
-    """A copy of ``source_model`` whose head is a fresh ``feature_dim -> num_classes`` Linear."""
-    model = nnx.clone(source_model)
-    model.head = nnx.Linear(model.feature_dim, num_classes, rngs=nnx.Rngs(seed))
-    model.num_classes = num_classes  # keeps model.config() (and checkpoints) truthful
-    return model
+def train_head(
+    features: ArrayLike,
+    labels: ArrayLike,
+    num_classes: int,
+    config: TrainConfig = HEAD_RECIPE,
+    *,
+    eval_features: ArrayLike | None = None,
+    eval_labels: ArrayLike | None = None,
+    progress: bool = False,
+) -> tuple[nnx.Linear, FitHistory]:
+    """Trains a new linear head ``feature_dim -> num_classes`` on fixed features.
+
+    Args:
+        features: ``[n, feature_dim]`` training features.
+        labels: ``[n]`` int labels in ``[0, num_classes)``.
+        num_classes: Y, the head's width.
+        config: the recipe (``config.seed`` also seeds the head's initialisation).
+        eval_features: optional ``[m, feature_dim]`` features scored after every epoch.
+        eval_labels: their ``[m]`` labels.
+        progress: show a progress bar.
+
+    Returns:
+        ``(head, history)``: the trained ``nnx.Linear`` (eval mode) and what `fit`
+        measured.
+    """
+    head = nnx.Linear(np.shape(features)[-1], num_classes, rngs=nnx.Rngs(config.seed))
+    history = fit(
+        head,
+        features,
+        labels,
+        config,
+        eval_images=eval_features,
+        eval_labels=eval_labels,
+        progress=progress,
+        desc="retrain head",
+    )
+    return head, history
 
 
 def retrain_head(
     source_model: nnx.Module,
     task: Task,
+    config: TrainConfig = HEAD_RECIPE,
     *,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 0.1,
-    weight_decay: float = 5e-4,
-    seed: int = 0,
-    eval_batch_size: int = 512,
     progress: bool = False,
+    **changes: Any,
 ) -> TransferResult:
     """Freezes the source body and trains a new linear head on the target task.
 
-    The body's features are computed once (one eval-mode pass over the train and test
-    images) and the head is trained on them with the shared recipe (cosine schedule, no
-    augmentation).
+    The body's features are computed once (`extract_features` over the train and test
+    images, batch ``config.eval_batch_size``) and the head is trained on them
+    (`train_head`).
 
     Args:
         source_model: a source model (``features``, ``head``, ``feature_dim``); not
             modified.
         task: the target task (``num_classes``, train/test images and labels).
-        epochs: passes over the target training set.
-        batch_size: examples per step.
-        lr: peak learning rate.
-        weight_decay: L2 coefficient on the head's kernel.
-        seed: seeds the head's initialisation and the data order.
-        eval_batch_size: batch size of the feature extraction.
+        config: the recipe; ``config.seed`` also seeds the head's initialisation.
         progress: show a progress bar.
+        **changes: `TrainConfig` fields to change in ``config`` (`dataclasses.replace`),
+            e.g. ``epochs=5``.
 
     Returns:
         The result; ``result.model`` is a copy of the source body with the trained head.
@@ -168,52 +183,67 @@ def retrain_head(
             hyper-parameters.
     """
     start = time.perf_counter()
-    num_classes, train_images, train_labels, test_images, test_labels = _task_arrays(task)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        weight_decay=weight_decay,
-        schedule="cosine",
-        crop_padding=0,
-        flip=False,
-        seed=seed,
-        eval_batch_size=eval_batch_size,
+    arrays = TaskArrays.of(task).check()
+    config = _recipe(config, changes)
+    train_features, compile_train_s = extract_features(
+        source_model, arrays.train_images, config.eval_batch_size
     )
-    # Eval mode on a copy: the caller's model keeps its mode (and is never written).
-    body = nnx.clone(source_model)
-    (_, train_features), compile_train_s = _apply_batched(body, train_images, eval_batch_size, True)
-    (_, test_features), compile_test_s = _apply_batched(body, test_images, eval_batch_size, True)
-    head = nnx.Linear(body.feature_dim, num_classes, rngs=nnx.Rngs(seed))
-    history = fit(
-        head,
+    test_features, compile_test_s = extract_features(
+        source_model, arrays.test_images, config.eval_batch_size
+    )
+    head, history = train_head(
         train_features,
-        train_labels,
+        arrays.train_labels,
+        arrays.num_classes,
         config,
-        eval_images=test_features,
-        eval_labels=test_labels,
+        eval_features=test_features,
+        eval_labels=arrays.test_labels,
         progress=progress,
-        desc="retrain head",
     )
-    body.head = head
-    body.num_classes = num_classes
-    body.eval()
-    return _result("retrain_head", history, body, start, compile_train_s + compile_test_s)
+    model = nnx.clone(source_model)
+    model.head = head
+    model.num_classes = arrays.num_classes  # keeps model.config() (and checkpoints) truthful
+    model.eval()
+    return _result("retrain_head", history, model, start, compile_train_s + compile_test_s)
+
+
+def _with_new_head(source_model: nnx.Module, num_classes: int, seed: int) -> nnx.Module:
+    """A copy of ``source_model`` whose head is a fresh ``feature_dim -> num_classes`` Linear."""
+    model = nnx.clone(source_model)
+    model.head = nnx.Linear(model.feature_dim, num_classes, rngs=nnx.Rngs(seed))
+    model.num_classes = num_classes  # keeps model.config() (and checkpoints) truthful
+    return model
+
+
+def _fit_task(
+    method: Method,
+    model: nnx.Module,
+    arrays: TaskArrays,
+    config: TrainConfig,
+    progress: bool,
+    start: float,
+    desc: str,
+) -> TransferResult:
+    history = fit(
+        model,
+        arrays.train_images,
+        arrays.train_labels,
+        config,
+        eval_images=arrays.test_images,
+        eval_labels=arrays.test_labels,
+        progress=progress,
+        desc=desc,
+    )
+    return _result(method, history, model, start)
 
 
 def fine_tune(
     source_model: nnx.Module,
     task: Task,
+    config: TrainConfig = FINE_TUNE_RECIPE,
     *,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    weight_decay: float = 5e-4,
-    crop_padding: int = 2,
-    flip: bool = False,
-    seed: int = 0,
-    eval_batch_size: int = 512,
     progress: bool = False,
+    **changes: Any,
 ) -> TransferResult:
     """Fine-tunes all layers of a copy of the source model with a new linear head.
 
@@ -221,15 +251,9 @@ def fine_tune(
         source_model: a source model (``features``, ``head``, ``feature_dim``); not
             modified (a copy is trained).
         task: the target task.
-        epochs: passes over the target training set.
-        batch_size: examples per step.
-        lr: peak learning rate (cosine schedule).
-        weight_decay: L2 coefficient on kernels.
-        crop_padding: random-crop padding in pixels (0: no crops).
-        flip: random horizontal flips (leave off for digits).
-        seed: seeds the head's initialisation, data order and augmentation.
-        eval_batch_size: batch size of the per-epoch evaluation.
+        config: the recipe; ``config.seed`` also seeds the new head.
         progress: show a progress bar.
+        **changes: `TrainConfig` fields to change in ``config`` (`dataclasses.replace`).
 
     Returns:
         The result; ``result.model`` is the fine-tuned copy.
@@ -238,30 +262,10 @@ def fine_tune(
         ValueError: on an empty task, bad labels or bad hyper-parameters.
     """
     start = time.perf_counter()
-    num_classes, train_images, train_labels, test_images, test_labels = _task_arrays(task)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        weight_decay=weight_decay,
-        schedule="cosine",
-        crop_padding=crop_padding,
-        flip=flip,
-        seed=seed,
-        eval_batch_size=eval_batch_size,
-    )
-    model = _with_new_head(source_model, num_classes, seed)
-    history = fit(
-        model,
-        train_images,
-        train_labels,
-        config,
-        eval_images=test_images,
-        eval_labels=test_labels,
-        progress=progress,
-        desc="fine-tune",
-    )
-    return _result("fine_tune", history, model, start)
+    arrays = TaskArrays.of(task).check()
+    config = _recipe(config, changes)
+    model = _with_new_head(source_model, arrays.num_classes, config.seed)
+    return _fit_task("fine_tune", model, arrays, config, progress, start, "fine-tune")
 
 
 ModelFactory = Callable[[int, nnx.Rngs], nnx.Module]
@@ -270,17 +274,11 @@ ModelFactory = Callable[[int, nnx.Rngs], nnx.Module]
 def train_from_scratch(
     architecture: str | ModelFactory,
     task: Task,
+    config: TrainConfig = SCRATCH_RECIPE,
     *,
     model_kwargs: Mapping[str, Any] | None = None,
-    epochs: int = 10,
-    batch_size: int = 64,
-    lr: float = 0.05,
-    weight_decay: float = 5e-4,
-    crop_padding: int = 2,
-    flip: bool = False,
-    seed: int = 0,
-    eval_batch_size: int = 512,
     progress: bool = False,
+    **changes: Any,
 ) -> TransferResult:
     """Trains the architecture from random weights on the target task.
 
@@ -288,17 +286,11 @@ def train_from_scratch(
         architecture: a `leep_jax.models.build_model` name (``"resnet20"``,
             ``"small_cnn"``, ...) or a factory ``(num_classes, rngs) -> model``.
         task: the target task.
+        config: the recipe; ``config.seed`` also seeds the initialisation.
         model_kwargs: extra constructor arguments for a named architecture
             (``in_channels``, ``width``, ...); ``in_channels`` defaults to the task's.
-        epochs: passes over the target training set.
-        batch_size: examples per step.
-        lr: peak learning rate (cosine schedule).
-        weight_decay: L2 coefficient on kernels.
-        crop_padding: random-crop padding in pixels (0: no crops).
-        flip: random horizontal flips.
-        seed: seeds the initialisation, data order and augmentation.
-        eval_batch_size: batch size of the per-epoch evaluation.
         progress: show a progress bar.
+        **changes: `TrainConfig` fields to change in ``config`` (`dataclasses.replace`).
 
     Returns:
         The result; ``result.model`` is the trained model.
@@ -308,34 +300,14 @@ def train_from_scratch(
             hyper-parameters.
     """
     start = time.perf_counter()
-    num_classes, train_images, train_labels, test_images, test_labels = _task_arrays(task)
-    config = TrainConfig(
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=lr,
-        weight_decay=weight_decay,
-        schedule="cosine",
-        crop_padding=crop_padding,
-        flip=flip,
-        seed=seed,
-        eval_batch_size=eval_batch_size,
-    )
-    rngs = nnx.Rngs(seed)
+    arrays = TaskArrays.of(task).check()
+    config = _recipe(config, changes)
+    rngs = nnx.Rngs(config.seed)
     if isinstance(architecture, str):
-        kwargs = {"in_channels": int(np.shape(train_images)[-1]), **(model_kwargs or {})}
-        model = build_model(architecture, num_classes=num_classes, rngs=rngs, **kwargs)
+        kwargs = {"in_channels": int(arrays.train_images.shape[-1]), **(model_kwargs or {})}
+        model = build_model(architecture, num_classes=arrays.num_classes, rngs=rngs, **kwargs)
     else:
         if model_kwargs:
             raise ValueError("model_kwargs only apply to a named architecture")
-        model = architecture(num_classes, rngs)
-    history = fit(
-        model,
-        train_images,
-        train_labels,
-        config,
-        eval_images=test_images,
-        eval_labels=test_labels,
-        progress=progress,
-        desc="from scratch",
-    )
-    return _result("train_from_scratch", history, model, start)
+        model = architecture(arrays.num_classes, rngs)
+    return _fit_task("train_from_scratch", model, arrays, config, progress, start, "from scratch")

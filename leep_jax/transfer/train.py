@@ -1,20 +1,18 @@
-"""The shared training recipe and the jitted train / eval loops.
+"""The jitted train / eval loops of the shared recipe (`leep_jax.transfer.recipe`).
 
-One recipe serves source training, fine-tuning, training from scratch and the linear
-head of `retrain_head`: SGD with Nesterov momentum 0.9, a (warmup-)cosine learning-rate
-schedule, L2 weight decay on kernels only (not on biases or BatchNorm scales), and light
-augmentation (random crop with zero padding; horizontal flip optional, since flipping
-is wrong for digits).
+`fit` trains any module with a `TrainConfig`; `predict`, `extract_features`,
+`predict_logits` and `evaluate` run it exactly over a whole set;
+`recalibrate_batch_norm` re-estimates BatchNorm statistics.
 
 How the loop is built, and why:
 
 * The model is split once into ``(graphdef, params, rest)`` (``rest`` holds the
-  BatchNorm statistics) and one pure step function is compiled ahead of time per
-  (architecture, recipe, batch shape). The compiled step is cached at module level, so
-  every epoch and every task with the same shapes reuses it: fine-tuning one source on
-  200 target tasks compiles once. Calling a compiled pure function is several times
-  cheaper on CPU than `nnx.jit` with `nnx.Optimizer`, which walks the object graph on
-  every call.
+  BatchNorm statistics) and one pure step function is jitted per (architecture, recipe)
+  with the graph bound; `jax.jit` caches its compilations by batch shape (thread-safe),
+  so every epoch and every task with the same shapes reuses them: fine-tuning one
+  source on 200 target tasks compiles once. Calling a jitted pure function is several
+  times cheaper on CPU than `nnx.jit` with `nnx.Optimizer`, which walks the object
+  graph on every call.
 * The learning rate of each step is a traced scalar argument (the schedule is evaluated
   on the host once), so the schedule and the run length are not part of the compiled
   program.
@@ -32,10 +30,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +43,20 @@ from flax import nnx
 from jax.typing import ArrayLike
 from tqdm.auto import tqdm
 
+from leep_jax.transfer.recipe import (
+    TrainConfig,
+    augment,
+    kernel_mask,
+    learning_rate_schedule,
+    sgd_recipe,
+)
+
 __all__ = [
     "FitHistory",
     "TrainConfig",
     "augment",
     "evaluate",
+    "extract_features",
     "fit",
     "kernel_mask",
     "learning_rate_schedule",
@@ -59,71 +66,6 @@ __all__ = [
     "sgd_recipe",
     "trace_count",
 ]
-
-Schedule = Literal["cosine", "warmup_cosine", "constant"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one training run (all hashable, so they key compile caches).
-
-    Attributes:
-        epochs: passes over the training set; an epoch is ``ceil(n / batch_size)`` steps.
-        batch_size: examples per step (fixed, see the module docstring).
-        learning_rate: peak learning rate of the schedule.
-        momentum: SGD momentum.
-        nesterov: Nesterov momentum.
-        weight_decay: L2 coefficient, applied to kernels only.
-        schedule: ``"cosine"`` (decay to 0), ``"warmup_cosine"`` (linear warmup over
-            ``warmup_fraction`` of the steps, then cosine to 0) or ``"constant"``.
-        warmup_fraction: share of the steps spent warming up (``"warmup_cosine"`` only).
-        crop_padding: zero padding (pixels) for random crops; 0 disables cropping.
-        flip: random horizontal flips (leave off for digits and other chiral data).
-        seed: seeds the data order and the augmentation.
-        eval_batch_size: batch size of evaluation and feature extraction.
-        bn_recalibration_examples: before each evaluation and at the end, BatchNorm
-            running statistics are re-estimated from up to this many (un-augmented)
-            training examples; 0 keeps the moving averages (see
-            `recalibrate_batch_norm`).
-    """
-
-    epochs: int
-    batch_size: int = 128
-    learning_rate: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: Schedule = "warmup_cosine"
-    warmup_fraction: float = 0.05
-    crop_padding: int = 2
-    flip: bool = False
-    seed: int = 0
-    eval_batch_size: int = 512
-    bn_recalibration_examples: int = 2048
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in ("cosine", "warmup_cosine", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
-        if self.bn_recalibration_examples < 0:
-            raise ValueError(
-                f"bn_recalibration_examples must be >= 0, got {self.bn_recalibration_examples}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,95 +90,6 @@ class FitHistory:
     compile_time_s: float
 
 
-# ---------------------------------------------------------------------------- recipe
-
-
-def _is_kernel(path: tuple[Any, ...]) -> bool:
-    names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-    return bool(names) and names[-1] == "kernel"
-
-
-def kernel_mask(params: Any) -> Any:
-    """A pytree of bools over ``params``: True for kernels (Linear, Conv), else False.
-
-    Weight decay on biases and BatchNorm scales only hurts (it shrinks the
-    normalisation), so the recipe decays kernels alone.
-    """
-    return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
-
-
-def sgd_recipe(
-    learning_rate: float | optax.Schedule,
-    *,
-    momentum: float = 0.9,
-    nesterov: bool = True,
-    weight_decay: float = 5e-4,
-) -> optax.GradientTransformation:
-    """SGD with (Nesterov) momentum and L2 weight decay on kernels only.
-
-    Args:
-        learning_rate: a constant or an optax schedule (see `learning_rate_schedule`).
-        momentum: momentum coefficient.
-        nesterov: use Nesterov momentum.
-        weight_decay: L2 coefficient added to the gradient of each kernel.
-
-    Returns:
-        The optax transformation (coupled L2, as in the classic ResNet recipe).
-    """
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask=kernel_mask),
-        optax.sgd(learning_rate, momentum=momentum, nesterov=nesterov),
-    )
-
-
-def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
-    """The schedule named by ``config.schedule`` over ``total_steps`` steps."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    peak = config.learning_rate
-    if config.schedule == "constant":
-        return optax.constant_schedule(peak)
-    if config.schedule == "cosine":
-        return optax.cosine_decay_schedule(peak, total_steps)
-    warmup = int(round(config.warmup_fraction * total_steps))
-    if warmup == 0:
-        return optax.cosine_decay_schedule(peak, total_steps)
-    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total_steps)
-
-
-# ----------------------------------------------------------------------- augmentation
-
-
-def augment(images: jax.Array, key: jax.Array, *, crop_padding: int, flip: bool) -> jax.Array:
-    """Random crops (zero padding) and optional horizontal flips, per example.
-
-    Args:
-        images: ``[n, h, w, c]`` float images.
-        key: PRNG key.
-        crop_padding: pixels of zero padding on each side before cropping back to
-            ``h x w``; 0 disables cropping.
-        flip: flip each image left-right with probability 1/2.
-
-    Returns:
-        ``[n, h, w, c]`` augmented images.
-    """
-    n, h, w, c = images.shape
-    crop_key, flip_key = jax.random.split(key)
-    if crop_padding:
-        p = crop_padding
-        padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)))
-        offsets = jax.random.randint(crop_key, (n, 2), 0, 2 * p + 1)
-
-        def crop(image, offset):
-            return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
-
-        images = jax.vmap(crop)(padded, offsets)
-    if flip:
-        do_flip = jax.random.bernoulli(flip_key, 0.5, (n, 1, 1, 1))
-        images = jnp.where(do_flip, images[:, :, ::-1, :], images)
-    return images
-
-
 def _as_float(images: jax.Array) -> jax.Array:
     # Loaders hand out uint8; models want float32 in [0, 1].
     if images.dtype == jnp.uint8:
@@ -247,8 +100,8 @@ def _as_float(images: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------- compiled programs
 
 _TRACES: dict[str, int] = {"train_step": 0, "apply": 0, "batch_moments": 0}
-_COMPILED: OrderedDict[Any, Any] = OrderedDict()
-_MAX_COMPILED = 64
+_TRACES_LOCK = threading.Lock()
+_THREAD = threading.local()  # this thread's trace count: tells a fit whether it compiled
 
 
 def trace_count(name: str = "train_step") -> int:
@@ -263,30 +116,33 @@ def trace_count(name: str = "train_step") -> int:
     return _TRACES[name]
 
 
-def _compiled(name: str, fn: Callable[..., Any], static: Any, *args: Any) -> tuple[Any, float]:
-    """The compiled ``fn(*args)`` for these static values and argument shapes.
+def _count_trace(name: str) -> None:
+    # Runs while tracing only (the traced function's Python body), never per call.
+    with _TRACES_LOCK:
+        _TRACES[name] += 1
+    _THREAD.traces = getattr(_THREAD, "traces", 0) + 1
 
-    Returns:
-        ``(executable, seconds spent compiling now)``; 0 seconds on a cache hit.
+
+@functools.lru_cache(maxsize=64)
+def _program(fn: Callable[..., Any], graphdef: nnx.GraphDef, static: Any) -> Callable[..., Any]:
+    """``jax.jit(fn)`` with the model's graph and static options bound.
+
+    `jax.jit` caches the compiled program by argument shapes, dtypes and placement and
+    is thread-safe. The graph is bound here rather than passed as a static argument
+    because hashing a ResNet20 graphdef takes about 1 ms, which `jax.jit` would pay on
+    every call; here it is paid once per `fit`. Equal graphs (a clone of the same
+    architecture) share one entry, so fine-tuning one source on many tasks compiles once.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    # Placement is part of the key: an executable is bound to its input shardings.
-    avals = tuple(
-        (np.shape(x), str(x.dtype), bool(getattr(x, "weak_type", False)),
-         getattr(x, "sharding", None))
-        for x in leaves
-    )  # fmt: skip
-    key = (name, static, treedef, avals)
-    if key in _COMPILED:
-        _COMPILED.move_to_end(key)
-        return _COMPILED[key], 0.0
+    return jax.jit(functools.partial(fn, graphdef, static))
+
+
+def _call(program: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``program(*args)`` and the seconds spent compiling in the call (0 without a trace)."""
+    before = getattr(_THREAD, "traces", 0)
     start = time.perf_counter()
-    executable = jax.jit(fn).lower(*args).compile()
+    out = program(*args)
     seconds = time.perf_counter() - start
-    _COMPILED[key] = executable
-    if len(_COMPILED) > _MAX_COMPILED:
-        _COMPILED.popitem(last=False)
-    return executable, seconds
+    return out, (seconds if getattr(_THREAD, "traces", 0) > before else 0.0)
 
 
 class _StepOptions(NamedTuple):
@@ -327,7 +183,7 @@ def _train_step(
     base_key: jax.Array,
     step: jax.Array,
 ):
-    _TRACES["train_step"] += 1
+    _count_trace("train_step")
     x = _as_float(images)
     if x.ndim == 4 and (options.crop_padding or options.flip):
         x = augment(
@@ -352,7 +208,7 @@ def _train_step(
 
 
 def _apply(graphdef: nnx.GraphDef, with_features: bool, state: nnx.State, images: jax.Array):
-    _TRACES["apply"] += 1
+    _count_trace("apply")
     model = nnx.merge(graphdef, state)
     x = _as_float(images)
     if with_features:
@@ -362,9 +218,14 @@ def _apply(graphdef: nnx.GraphDef, with_features: bool, state: nnx.State, images
 
 
 def _batch_moments(
-    graphdef: nnx.GraphDef, params: nnx.State, stats: nnx.State, other: nnx.State, images: jax.Array
+    graphdef: nnx.GraphDef,
+    _: None,
+    params: nnx.State,
+    stats: nnx.State,
+    other: nnx.State,
+    images: jax.Array,
 ) -> dict[str, Any]:
-    _TRACES["batch_moments"] += 1
+    _count_trace("batch_moments")
     # BatchNorm momentum is 0 in this graph, so after one train-mode forward pass the
     # running statistics hold exactly this batch's mean and (biased) variance.
     model = nnx.merge(graphdef, params, stats, other)
@@ -431,14 +292,10 @@ def recalibrate_batch_norm(
     chosen = rng.permutation(images.shape[0])[: max(max_examples, 1)]
     batches = _epoch_order(rng, chosen.size, batch_size)
     sums = squares = None
-    executable, compile_s = None, 0.0
+    program, compile_s = _program(_batch_moments, graphdef, None), 0.0
     for batch in batches:
-        args = (params, stats, other, images[chosen[batch]])
-        if executable is None:
-            executable, compile_s = _compiled(
-                "batch_moments", functools.partial(_batch_moments, graphdef), graphdef, *args
-            )
-        moments = executable(*args)
+        moments, seconds = _call(program, params, stats, other, images[chosen[batch]])
+        compile_s += seconds
         squared = jax.tree.map(jnp.square, moments)
         if sums is None:
             sums, squares = moments, squared
@@ -486,7 +343,7 @@ def _apply_batched(
     images = np.asarray(images)
     n = images.shape[0]
     outputs, compile_s = [], 0.0
-    executable = None
+    program = _program(_apply, graphdef, with_features)
     for start in range(0, n, batch_size):
         batch = images[start : start + batch_size]
         rows = batch.shape[0]
@@ -495,15 +352,8 @@ def _apply_batched(
             # independent, and the padding rows are sliced off below.
             pad = np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)
             batch = np.concatenate([batch, pad])
-        if executable is None:
-            executable, compile_s = _compiled(
-                "apply",
-                functools.partial(_apply, graphdef, with_features),
-                (graphdef, with_features),
-                state,
-                batch,
-            )
-        out = executable(state, batch)
+        out, seconds = _call(program, state, batch)
+        compile_s += seconds
         outputs.append(jax.tree.map(lambda a, rows=rows: a[:rows], out))
     result = jax.tree.map(lambda *parts: jnp.concatenate(parts), *outputs)
     return result, compile_s
@@ -526,6 +376,23 @@ def predict(
     """
     (logits, features), _ = _apply_batched(model, images, batch_size, True)
     return logits, features
+
+
+def extract_features(
+    model: nnx.Module, images: ArrayLike, batch_size: int = 512
+) -> tuple[jax.Array, float]:
+    """Penultimate features of every image, from one eval-mode pass of a copy of ``model``.
+
+    Args:
+        model: a source model (``features``, ``head``); not modified, its mode included.
+        images: ``[n, h, w, c]`` uint8 or float images.
+        batch_size: images per compiled call; the last batch is padded.
+
+    Returns:
+        ``(features [n, feature_dim], seconds spent compiling)``.
+    """
+    (_, features), compile_s = _apply_batched(nnx.clone(model), images, batch_size, True)
+    return features, compile_s
 
 
 def predict_logits(model: nnx.Module, inputs: ArrayLike, *, batch_size: int = 512) -> jax.Array:
@@ -620,7 +487,7 @@ def fit(
 
     train_losses, accuracies = [], []
     compile_s = 0.0
-    step_fn = None
+    step_fn = _program(_train_step, graphdef, options)
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
     step = 0
     try:
@@ -637,15 +504,8 @@ def fit(
                     base_key,
                     np.int32(step),
                 )
-                if step_fn is None:
-                    step_fn, seconds = _compiled(
-                        "train_step",
-                        functools.partial(_train_step, graphdef, options),
-                        (graphdef, options),
-                        *args,
-                    )
-                    compile_s += seconds
-                params, rest, opt_state, loss = step_fn(*args)
+                (params, rest, opt_state, loss), seconds = _call(step_fn, *args)
+                compile_s += seconds
                 if epoch_losses:
                     # One step stays in flight; the bar tracks finished steps.
                     epoch_losses[-1].block_until_ready()

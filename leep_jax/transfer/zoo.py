@@ -8,12 +8,9 @@ trains it once and saves it (orbax, `leep_jax.models.save_model`) under
 cached model whose stored spec differs from the requested one is retrained (or, with
 ``on_mismatch="error"``, refused), so a changed spec never silently reuses stale weights.
 
-`default_zoo` differs the way real zoos do: two architectures (ResNet20, SmallCNN) at
-several widths, different source label sets (all ten FashionMNIST classes, classes 0-4,
-tops only, footwear and bags) and different training lengths. It takes about 5.5
-CPU-minutes on a 2-core machine. `tiny_zoo` is a seconds-long zoo for tests and smoke runs.
-`load_zoo` trains what is missing, one model at a time, saving each as soon as it is
-done, so an interrupted run resumes where it stopped.
+The zoos themselves (`default_zoo`, `tiny_zoo`, `quick_zoo`) are in
+`leep_jax.transfer.presets`. `load_zoo` trains what is missing, one model at a time,
+saving each as soon as it is done, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -35,20 +32,12 @@ from leep_jax.models.checkpoint import model_checkpoint_path
 from leep_jax.transfer.train import TrainConfig, evaluate, fit
 
 __all__ = [
-    "FASHION_MNIST_CLASSES",
     "SourceSpec",
-    "default_zoo",
     "load_zoo",
     "source_checkpoint_path",
     "source_metadata",
-    "tiny_zoo",
     "train_source_model",
 ]
-
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
 
 # Bumped when the training code changes what a spec produces, so caches retrain.
 ZOO_FORMAT = 1
@@ -259,7 +248,7 @@ def load_zoo(
     progress: bool = False,
     on_mismatch: OnMismatch = "retrain",
 ) -> dict[str, nnx.Module]:
-    """Trained models for ``specs`` (default: `default_zoo`), training the missing ones.
+    """Trained models for ``specs`` (default: `presets.default_zoo`), training the missing ones.
 
     Each model is saved as soon as it is trained, so an interrupted call resumes with
     the models still missing.
@@ -271,7 +260,11 @@ def load_zoo(
         ValueError: for duplicate names or a mismatched cache with
             ``on_mismatch="error"``.
     """
-    specs = default_zoo() if specs is None else list(specs)
+    if specs is None:
+        from leep_jax.transfer.presets import default_zoo  # presets build on SourceSpec
+
+        specs = default_zoo()
+    specs = list(specs)
     names = [spec.name for spec in specs]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -280,59 +273,3 @@ def load_zoo(
     for spec in tqdm(specs, desc="source zoo", disable=not progress):
         models[spec.name] = train_source_model(spec, progress=progress, on_mismatch=on_mismatch)
     return models
-
-
-TOPS = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt
-FOOTWEAR_AND_BAGS = (5, 7, 8, 9)  # Sandal, Sneaker, Bag, Ankle boot
-ALL = tuple(range(10))
-FIRST_HALF = (0, 1, 2, 3, 4)
-
-
-def default_zoo() -> list[SourceSpec]:
-    """The default FashionMNIST source zoo: seven models, about 5.5 CPU-minutes.
-
-    Models differ in architecture (ResNet20, SmallCNN), width, source label set and
-    training length, like the public zoos LEEP ranks. On an idle 2-core CPU the first
-    ``leep-jax rank`` (training all seven, then scoring) took 3.7 minutes of wall time
-    (286 s of user CPU time); under load (load average 5-11) the training alone took
-    10-12 minutes. The ResNets take two thirds of it. Source test accuracies range from
-    0.43 (the short run) to 0.93.
-    """
-    return [
-        SourceSpec(
-            "resnet20-fmnist-all", "resnet20", ALL, train_examples=5000, epochs=2,
-        ),
-        SourceSpec(
-            "resnet20-fmnist-0to4", "resnet20", FIRST_HALF, train_examples=3500, epochs=2,
-        ),
-        SourceSpec(
-            "cnn16-fmnist-all", "small_cnn", ALL, {"width": 16},
-            train_examples=15000, epochs=3,
-        ),
-        SourceSpec(
-            "cnn16-fmnist-0to4", "small_cnn", FIRST_HALF, {"width": 16},
-            train_examples=10000, epochs=3,
-        ),
-        SourceSpec(
-            "cnn8-fmnist-tops", "small_cnn", TOPS, {"width": 8},
-            train_examples=8000, epochs=3,
-        ),
-        SourceSpec(
-            "cnn32-fmnist-footwear-bags", "small_cnn", FOOTWEAR_AND_BAGS, {"width": 32},
-            train_examples=8000, epochs=2,
-        ),
-        SourceSpec(
-            "cnn16-fmnist-all-short", "small_cnn", ALL, {"width": 16},
-            train_examples=2000, epochs=1,
-        ),
-    ]  # fmt: skip
-
-
-def tiny_zoo() -> list[SourceSpec]:
-    """Three small CNNs trained for 24 steps each (seconds): for tests and smoke runs."""
-    common = {"train_examples": 512, "test_examples": 256, "epochs": 3, "batch_size": 64}
-    return [
-        SourceSpec("tiny-cnn8-fmnist-all", "small_cnn", ALL, {"width": 8}, **common),
-        SourceSpec("tiny-cnn8-fmnist-0to4", "small_cnn", FIRST_HALF, {"width": 8}, **common),
-        SourceSpec("tiny-cnn4-fmnist-tops", "small_cnn", TOPS, {"width": 4}, **common),
-    ]

@@ -1,0 +1,234 @@
+"""What the experiment measures on one target task: scores and transfer accuracies.
+
+`task_row` makes one typed RQ1-RQ3 row (`TaskRow`): LEEP, NCE and H-score from the
+source model's cached pool outputs (`task_scores`), then head re-training on the
+cached features (`leep_jax.transfer.train_head`: the second half of `retrain_head`,
+whose first half, the forward pass, the pool already did), fine-tuning and training
+from scratch. `rq4_row` makes one RQ4 row (`Rq4Row`): the same scores, head
+re-training and fine-tuning for one zoo model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from leep_jax.data.tasks import TargetTask
+from leep_jax.experiments.config import (
+    ExperimentConfig,
+    derive_seed,
+    head_recipe,
+    transfer_recipe,
+)
+from leep_jax.experiments.pools import PoolOutputs
+from leep_jax.experiments.rows import Rq4Row, TaskRow
+from leep_jax.scores import h_score, leep, nce
+from leep_jax.transfer.methods import fine_tune, train_from_scratch, train_head
+from leep_jax.transfer.train import evaluate
+
+__all__ = ["rq4_row", "task_row", "task_scores"]
+
+
+def _bucket(n: int) -> int:
+    return max(64, 1 << (n - 1).bit_length())
+
+
+def task_scores(
+    logits: np.ndarray,
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    *,
+    pad_to: int | None = None,
+) -> dict[str, float]:
+    """LEEP and NCE of the logits and H-score of the features for one task.
+
+    The scores are jitted per shape and class count. Rows are padded (and masked out)
+    to ``pad_to`` rows, or the next power of two, and ``num_classes`` may exceed the
+    task's class count: classes absent from the labels contribute nothing to any of
+    the three scores, so both give exactly the task's scores while one compilation
+    serves every task of a pool.
+
+    Args:
+      logits: ``[n, num_source_classes]`` source logits of the task's training examples.
+      features: ``[n, feature_dim]`` their penultimate features.
+      labels: ``int[n]`` target labels in ``[0, num_classes)``.
+      num_classes: Y, or any larger count.
+      pad_to: rows to pad to (>= n); default the next power of two (at least 64).
+
+    Returns:
+      ``{"leep", "nce", "h_score"}`` as floats.
+    """
+    n = labels.shape[0]
+    size = _bucket(n) if pad_to is None else pad_to
+    if size < n:
+        raise ValueError(f"pad_to={pad_to} is smaller than the {n} rows")
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)])
+
+    mask = np.arange(size) < n
+    logits_p, features_p = pad(np.asarray(logits)), pad(np.asarray(features))
+    labels_p = pad(np.asarray(labels, np.int32))
+    return {
+        "leep": float(leep(logits_p, labels_p, num_classes, from_logits=True, mask=mask)),
+        "nce": float(nce(logits_p, labels_p, num_classes, from_logits=True, mask=mask)),
+        "h_score": float(h_score(features_p, labels_p, num_classes, mask=mask)),
+    }
+
+
+def _pool_scores(task: TargetTask, outputs: PoolOutputs) -> tuple[dict[str, float], np.ndarray]:
+    """The task's scores from the pool's cached outputs (one compilation per pool)."""
+    features = outputs.train_features[task.train_indices]
+    scores = task_scores(
+        outputs.train_logits[task.train_indices],
+        features,
+        task.train_labels,
+        max(task.num_classes, outputs.num_pool_classes),
+        pad_to=_bucket(outputs.train_logits.shape[0]),
+    )
+    return scores, features
+
+
+def _scores_and_head(
+    task: TargetTask,
+    outputs: PoolOutputs,
+    config: ExperimentConfig,
+    seed: int,
+    timings: dict[str, float],
+) -> tuple[dict[str, float], float, int]:
+    """The task's scores, and the test accuracy and steps of a linear head trained on its
+    cached features; their seconds go to ``timings``."""
+    start = time.perf_counter()
+    scores, train_features = _pool_scores(task, outputs)
+    timings["scores_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    head, history = train_head(
+        train_features, task.train_labels, task.num_classes, head_recipe(config, seed)
+    )
+    test_features = outputs.test_features[task.test_indices]
+    accuracy = evaluate(head, test_features, task.test_labels, batch_size=config.eval_batch_size)
+    timings["retrain_head_s"] = time.perf_counter() - start
+    return scores, accuracy, history.num_steps
+
+
+def _task_fields(task: TargetTask) -> dict[str, Any]:
+    """The row fields both row types take from the task."""
+    return {
+        "classes": tuple(task.classes),
+        "num_classes": task.num_classes,
+        "n_train": int(task.train_indices.size),
+    }
+
+
+def task_row(
+    task: TargetTask,
+    ident: str,
+    pair: str,
+    regime: str,
+    index: int,
+    outputs: PoolOutputs,
+    source_model: nnx.Module,
+    config: ExperimentConfig,
+    session: int,
+) -> TaskRow:
+    """One RQ1-RQ3 row: the three scores and the three methods' accuracies on ``task``.
+
+    Args:
+      task: a task of the pair's pool.
+      ident: its id (`leep_jax.experiments.pools.task_id`); seeds the training runs.
+      pair: the pair's name.
+      regime: the task's regime.
+      index: the task's index within the pair and regime.
+      outputs: the source model's outputs over the pool.
+      source_model: the pair's source model (fine-tuned copies are trained).
+      config: the experiment's configuration.
+      session: the current session's index.
+    """
+    seed = derive_seed(config.seed, ident)
+    timings: dict[str, float] = {}
+    scores, head_accuracy, head_steps = _scores_and_head(task, outputs, config, seed, timings)
+
+    epochs = config.epochs[regime]
+    tuned = fine_tune(
+        source_model,
+        task,
+        transfer_recipe(config, task.dataset, epochs, config.fine_tune_lr, seed),
+    )
+    timings["fine_tune_s"] = tuned.wall_time_s
+    scratch = train_from_scratch(
+        config.architecture,
+        task,
+        transfer_recipe(config, task.dataset, epochs, config.scratch_lr, seed),
+        model_kwargs=dict(config.model_kwargs),
+    )
+    timings["scratch_s"] = scratch.wall_time_s
+    timings["compile_s"] = tuned.compile_time_s + scratch.compile_time_s
+    return TaskRow(
+        id=ident,
+        pair=pair,
+        regime=regime,
+        task_index=index,
+        **_task_fields(task),
+        n_test=int(task.test_indices.size),
+        class_counts=tuple(task.train_class_counts.tolist()),
+        num_noisy_labels=task.num_noisy_labels,
+        scores=scores,
+        accuracy={
+            "retrain_head": head_accuracy,
+            "fine_tune": tuned.test_accuracy,
+            "train_from_scratch": scratch.test_accuracy,
+        },
+        curves={
+            "fine_tune": tuned.test_accuracy_curve,
+            "train_from_scratch": scratch.test_accuracy_curve,
+        },
+        steps={
+            "retrain_head": head_steps,
+            "fine_tune": tuned.num_steps,
+            "train_from_scratch": scratch.num_steps,
+        },
+        timings=timings,
+        session=session,
+    )
+
+
+def rq4_row(
+    task: TargetTask,
+    ident: str,
+    target: str,
+    index: int,
+    model_name: str,
+    model: nnx.Module,
+    outputs: PoolOutputs,
+    config: ExperimentConfig,
+    session: int,
+) -> Rq4Row:
+    """One RQ4 row: the scores of zoo model ``model`` on ``task`` and its accuracies.
+
+    The training seed depends on the task only, so every model of the zoo is
+    transferred with the same data order.
+    """
+    seed = derive_seed(config.seed, "rq4", target, index)
+    timings: dict[str, float] = {}
+    scores, head_accuracy, _ = _scores_and_head(task, outputs, config, seed, timings)
+    tuned = fine_tune(
+        model,
+        task,
+        transfer_recipe(config, task.dataset, config.rq4_epochs, config.fine_tune_lr, seed),
+    )
+    timings["fine_tune_s"] = tuned.wall_time_s
+    return Rq4Row(
+        id=ident,
+        target=target,
+        task_index=index,
+        model=model_name,
+        **_task_fields(task),
+        scores=scores,
+        accuracy={"retrain_head": head_accuracy, "fine_tune": tuned.test_accuracy},
+        timings=timings,
+        session=session,
+    )
