@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from leep_jax.experiments.labels import METHOD_LABELS, METRIC_LABELS
+from leep_jax.experiments.labels import METHOD_LABELS, SCORE_LABELS
 from leep_jax.experiments.results import Results
 from leep_jax.experiments.rows import Rq4Row, TaskRow
 from leep_jax.experiments.statistics import (
     CORRELATED_METHODS,
-    METRICS,
+    EXPERIMENT_SCORES,
     correlation,
     rows_by,
     score_of,
@@ -39,9 +39,11 @@ def _pyplot():
 
 
 def _scatter_figure(plt, rows: Sequence[TaskRow], title: str):
-    fig, axes = plt.subplots(len(CORRELATED_METHODS), len(METRICS), figsize=(12, 7), squeeze=False)
+    fig, axes = plt.subplots(
+        len(CORRELATED_METHODS), len(EXPERIMENT_SCORES), figsize=(12, 7), squeeze=False
+    )
     for i, method in enumerate(CORRELATED_METHODS):
-        for j, metric in enumerate(METRICS):
+        for j, metric in enumerate(EXPERIMENT_SCORES):
             ax = axes[i][j]
             x = np.asarray([score_of(r, metric) for r in rows])
             y = np.asarray([r.accuracy[method] for r in rows])
@@ -54,7 +56,7 @@ def _scatter_figure(plt, rows: Sequence[TaskRow], title: str):
                 ax.plot(grid, slope * grid + intercept, color="C3", lw=1)
             r = stats["pearson_r"]
             ax.set_title(f"r = {r:.2f}" if r is not None else "r undefined", fontsize=10)
-            ax.set_xlabel(METRIC_LABELS[metric])
+            ax.set_xlabel(SCORE_LABELS[metric])
             ax.set_ylabel(f"test accuracy ({METHOD_LABELS[method]})")
     fig.suptitle(title)
     fig.tight_layout()
@@ -85,9 +87,9 @@ def _curves_figure(plt, rows: Sequence[TaskRow], title: str):
 
 
 def _selection_figure(plt, rows: Sequence[Rq4Row], title: str):
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(12, 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(EXPERIMENT_SCORES), figsize=(12, 3.8), squeeze=False)
     indices = sorted({r.task_index for r in rows})
-    for j, metric in enumerate(METRICS):
+    for j, metric in enumerate(EXPERIMENT_SCORES):
         ax = axes[0][j]
         for k, index in enumerate(indices):
             group = [r for r in rows if r.task_index == index]
@@ -98,7 +100,7 @@ def _selection_figure(plt, rows: Sequence[Rq4Row], title: str):
                 color=f"C{k % 10}",
                 label=f"task {index}",
             )
-        ax.set_xlabel(METRIC_LABELS[metric])
+        ax.set_xlabel(SCORE_LABELS[metric])
         ax.set_ylabel("fine-tuned test accuracy")
     if len(indices) <= 10:
         axes[0][-1].legend(fontsize=7)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["METHOD_LABELS", "METRIC_LABELS"]
+from leep_jax.scores.names import SCORE_LABELS
 
-METRIC_LABELS = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
+__all__ = ["METHOD_LABELS", "SCORE_LABELS"]
+
 METHOD_LABELS = {
     "retrain_head": "re-train head",
     "fine_tune": "fine-tune",

@@ -25,7 +25,8 @@ from leep_jax.experiments.config import (
 )
 from leep_jax.experiments.pools import PoolOutputs
 from leep_jax.experiments.rows import Rq4Row, TaskRow
-from leep_jax.scores import h_score, leep, nce
+from leep_jax.experiments.statistics import EXPERIMENT_SCORES
+from leep_jax.streaming import engine, sources
 from leep_jax.transfer.methods import fine_tune, train_from_scratch, train_head
 from leep_jax.transfer.train import evaluate
 
@@ -46,8 +47,9 @@ def task_scores(
 ) -> dict[str, float]:
     """LEEP and NCE of the logits and H-score of the features for one task.
 
-    The scores are jitted per shape and class count. Rows are padded (and masked out)
-    to ``pad_to`` rows, or the next power of two, and ``num_classes`` may exceed the
+    One batch through the scoring engine, jitted per shape and class count. Rows are
+    padded (and masked out) to ``pad_to`` rows, or the next power of two, and
+    ``num_classes`` may exceed the
     task's class count: classes absent from the labels contribute nothing to any of
     the three scores, so both give exactly the task's scores while one compilation
     serves every task of a pool.
@@ -71,13 +73,16 @@ def task_scores(
         return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)])
 
     mask = np.arange(size) < n
-    logits_p, features_p = pad(np.asarray(logits)), pad(np.asarray(features))
+    arrays = {"predictions": pad(np.asarray(logits)), "features": pad(np.asarray(features))}
     labels_p = pad(np.asarray(labels, np.int32))
-    return {
-        "leep": float(leep(logits_p, labels_p, num_classes, from_logits=True, mask=mask)),
-        "nce": float(nce(logits_p, labels_p, num_classes, from_logits=True, mask=mask)),
-        "h_score": float(h_score(features_p, labels_p, num_classes, mask=mask)),
-    }
+    result = engine.run(
+        lambda second_pass=False: sources.array_batches(
+            arrays, labels_p, num_classes, size, mask=mask
+        ),
+        num_classes,
+        EXPERIMENT_SCORES,
+    )
+    return result.scores
 
 
 def _pool_scores(task: TargetTask, outputs: PoolOutputs) -> tuple[dict[str, float], np.ndarray]:

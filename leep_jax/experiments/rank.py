@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from leep_jax.data.task import Task, TaskArrays
 from leep_jax.experiments.statistics import finite_or_none, rank_agreement
 from leep_jax.models.zoo_scores import ZooStrategy, score_zoo
+from leep_jax.scores.names import SCORE_LABELS, SCORE_NAMES, ScoreName
 from leep_jax.transfer.methods import Method, fine_tune, retrain_head
 
 __all__ = [
@@ -44,12 +45,9 @@ __all__ = [
     "rank_models",
 ]
 
-SCORE_NAMES = ("leep", "nce", "h_score")
-SCORE_LABELS = {"leep": "LEEP", "nce": "NCE", "h_score": "H-score"}
 # The transfer methods (`leep_jax.transfer.METHODS`) that start from the source model.
 VERIFY_METHODS: tuple[Method, ...] = ("fine_tune", "retrain_head")
 
-ScoreName = Literal["leep", "nce", "h_score"]
 VerifyMethod = Literal["fine_tune", "retrain_head"]
 
 
@@ -335,6 +333,7 @@ def rank_models(
             num_classes,
             batch_size=batch_size,
             strategy=zoo_strategy,
+            metrics=SCORE_NAMES,
             on_scored=lambda _: bar.update(1),
         )
         for name, result in results.items():

@@ -25,11 +25,12 @@ import numpy as np
 import scipy.stats
 
 from leep_jax.experiments.rows import Rq4Row, TaskRow, json_key
+from leep_jax.scores.names import DEFAULT_SCORES
 from leep_jax.transfer.methods import Method
 
 __all__ = [
     "CORRELATED_METHODS",
-    "METRICS",
+    "EXPERIMENT_SCORES",
     "SELECTION_METHODS",
     "convergence",
     "correlation",
@@ -42,7 +43,8 @@ __all__ = [
     "within_class_count",
 ]
 
-METRICS = ("leep", "nce", "h_score")
+# The scores of the paper's protocol (v1): the three the paper compares.
+EXPERIMENT_SCORES = DEFAULT_SCORES
 CORRELATED_METHODS: tuple[Method, ...] = ("retrain_head", "fine_tune")
 SELECTION_METHODS: tuple[Method, ...] = ("fine_tune", "retrain_head")
 SCRATCH: Method = "train_from_scratch"
@@ -114,7 +116,7 @@ def summarize(
                     )
                     for method in CORRELATED_METHODS
                 }
-                for metric in METRICS
+                for metric in EXPERIMENT_SCORES
             }
     return summary
 
@@ -156,7 +158,7 @@ def convergence(
                     json_key(SCRATCH): scratch.mean(axis=0).tolist(),
                 },
             }
-            for metric in METRICS:
+            for metric in EXPERIMENT_SCORES:
                 scores = [score_of(r, metric) for r in rows]
                 entry["fine_tune"][metric] = [
                     {"epoch": e + 1, **correlation(scores, tuned[:, e])} for e in range(epochs)
@@ -230,7 +232,7 @@ def selection(rows: Sequence[Rq4Row]) -> dict[str, Any]:
         if len(by_model) < len(models) or len(models) < 2:
             continue
         entry: dict[str, Any] = {"target": target, "task_index": index, "models": models}
-        for metric in METRICS:
+        for metric in EXPERIMENT_SCORES:
             scores = np.asarray([score_of(by_model[m], metric) for m in models])
             entry[metric] = {
                 method: _rank_agreement(
@@ -258,7 +260,7 @@ def selection(rows: Sequence[Rq4Row]) -> dict[str, Any]:
                 }
                 for method in SELECTION_METHODS
             }
-            for metric in METRICS
+            for metric in EXPERIMENT_SCORES
         }
 
     targets = sorted({e["target"] for e in per_task})
@@ -297,7 +299,7 @@ def within_class_count(
             if all(SCRATCH in r.accuracy for r in rows):
                 outcomes["gain"] = lambda r: r.accuracy["fine_tune"] - r.accuracy[SCRATCH]
             entry: dict[str, Any] = {}
-            for metric in METRICS:
+            for metric in EXPERIMENT_SCORES:
                 entry[metric] = {}
                 for outcome, value in outcomes.items():
                     stats = [

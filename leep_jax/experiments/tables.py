@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from leep_jax.experiments.labels import METRIC_LABELS
+from leep_jax.experiments.labels import SCORE_LABELS
 from leep_jax.experiments.results import Results
 from leep_jax.experiments.statistics import (
     CORRELATED_METHODS,
-    METRICS,
+    EXPERIMENT_SCORES,
     rows_by,
     score_of,
     within_class_count,
@@ -49,14 +49,14 @@ def num_text(value: Any, fmt: str = ".2f") -> str:
 
 def _best_metrics(by_metric: Mapping[str, Any], method: str) -> set[str]:
     """The metrics with the highest defined Pearson r for one method (ties: all)."""
-    values = {m: by_metric[m][method]["pearson_r"] for m in METRICS}
+    values = {m: by_metric[m][method]["pearson_r"] for m in EXPERIMENT_SCORES}
     defined = {m: v for m, v in values.items() if v is not None}
     return {m for m, v in defined.items() if v == max(defined.values())} if defined else set()
 
 
 def _wins(summary: Mapping[str, Any]) -> tuple[dict[str, int], int]:
     """How often each metric has the highest r over the (pair, regime, method) cells."""
-    wins = dict.fromkeys(METRICS, 0)
+    wins = dict.fromkeys(EXPERIMENT_SCORES, 0)
     cells = 0
     for regimes in summary.values():
         for by_metric in regimes.values():
@@ -71,9 +71,9 @@ def _wins(summary: Mapping[str, Any]) -> tuple[dict[str, int], int]:
 def correlation_table(results: Results) -> list[str]:
     summary = results.summary
     header = ["pair", "regime", "tasks"] + [
-        f"{METRIC_LABELS[m]} ({'head' if method == 'retrain_head' else 'ft'})"
+        f"{SCORE_LABELS[m]} ({'head' if method == 'retrain_head' else 'ft'})"
         for method in CORRELATED_METHODS
-        for m in METRICS
+        for m in EXPERIMENT_SCORES
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for pair, regimes in summary.items():
@@ -82,7 +82,7 @@ def correlation_table(results: Results) -> list[str]:
             row = [f"`{pair}`", regime, str(n)]
             for method in CORRELATED_METHODS:
                 best = _best_metrics(by_metric, method)
-                for m in METRICS:
+                for m in EXPERIMENT_SCORES:
                     text = r_text(by_metric[m][method])
                     row.append(f"**{text}**" if m in best else text)
             lines.append("| " + " | ".join(row) + " |")
@@ -118,7 +118,7 @@ def at_a_glance(results: Results) -> list[str]:
             lines.append(
                 f"- RQ1, `{pair}`, {large['leep']['fine_tune']['n_tasks']} large balanced "
                 "tasks: Pearson r with the accuracy of head re-training / fine-tuning: "
-                + ", ".join(f"{METRIC_LABELS[m]} {head_ft(large[m])}" for m in METRICS)
+                + ", ".join(f"{SCORE_LABELS[m]} {head_ft(large[m])}" for m in EXPERIMENT_SCORES)
                 + "."
             )
     for pair, regimes in summary.items():
@@ -154,15 +154,18 @@ def at_a_glance(results: Results) -> list[str]:
     rq4 = results.rq4_summary
     if rq4 and rq4.get("per_task"):
         agg = rq4["all"]
-        ft = {m: agg[m]["fine_tune"] for m in METRICS}
+        ft = {m: agg[m]["fine_tune"] for m in EXPERIMENT_SCORES}
         lines.append(
             f"- RQ4, {ft['leep']['n_tasks']} target tasks x {len(rq4['models'])} source "
             "models: mean weighted tau with fine-tuned accuracy "
             + ", ".join(
-                f"{METRIC_LABELS[m]} {num_text(ft[m]['weighted_tau_mean'])}" for m in METRICS
+                f"{SCORE_LABELS[m]} {num_text(ft[m]['weighted_tau_mean'])}"
+                for m in EXPERIMENT_SCORES
             )
             + "; the score's top model was the best in "
-            + ", ".join(f"{num_text(ft[m]['top1_rate'])} ({METRIC_LABELS[m]})" for m in METRICS)
+            + ", ".join(
+                f"{num_text(ft[m]['top1_rate'])} ({SCORE_LABELS[m]})" for m in EXPERIMENT_SCORES
+            )
             + " of the tasks."
         )
     if lines:
@@ -204,7 +207,7 @@ def within_table(results: Results) -> list[str]:
     within = within_class_count(results.tasks, config["pairs"], config["tasks_per_regime"])
     outcomes = {"retrain_head": "head", "fine_tune": "ft", "gain": "ft − scratch"}
     header = ["pair", "regime", "groups (tasks)"] + [
-        f"{METRIC_LABELS[m]} ({label})" for label in outcomes.values() for m in METRICS
+        f"{SCORE_LABELS[m]} ({label})" for label in outcomes.values() for m in EXPERIMENT_SCORES
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for pair, regimes in within.items():
@@ -215,7 +218,7 @@ def within_table(results: Results) -> list[str]:
             cells = [
                 num_text(entry[m][outcome]["mean_r"], "+.2f") if outcome in entry[m] else "n/a"
                 for outcome in outcomes
-                for m in METRICS
+                for m in EXPERIMENT_SCORES
             ]
             lines.append(
                 f"| `{pair}` | {regime} | {first['groups']} ({first['n_tasks']}) | "
@@ -242,15 +245,15 @@ def convergence_table(results: Results) -> list[str]:
             lines.append("")
             lines.append("| " + " | ".join(head) + " |")
             lines.append("|" + "---|" * len(head))
-            for metric in METRICS:
+            for metric in EXPERIMENT_SCORES:
                 values = [r_text(s) for s in entry["fine_tune"][metric]]
                 lines.append(
-                    f"| r({METRIC_LABELS[metric]}, fine-tuned acc) | " + " | ".join(values) + " |"
+                    f"| r({SCORE_LABELS[metric]}, fine-tuned acc) | " + " | ".join(values) + " |"
                 )
-            for metric in METRICS:
+            for metric in EXPERIMENT_SCORES:
                 values = [r_text(s) for s in entry["gain"][metric]]
                 lines.append(
-                    f"| r({METRIC_LABELS[metric]}, ft − scratch) | " + " | ".join(values) + " |"
+                    f"| r({SCORE_LABELS[metric]}, ft − scratch) | " + " | ".join(values) + " |"
                 )
             tuned = " / ".join(f"{v:.3f}" for v in entry["mean_curves"]["fine_tune"])
             scratch = " / ".join(f"{v:.3f}" for v in entry["mean_curves"]["scratch"])
@@ -286,10 +289,10 @@ def selection_section(results: Results) -> list[str]:
     groups = dict(rq4["targets"])
     groups["all"] = rq4["all"]
     for target, agg in groups.items():
-        for metric in METRICS:
+        for metric in EXPERIMENT_SCORES:
             ft, head = agg[metric]["fine_tune"], agg[metric]["retrain_head"]
             lines.append(
-                f"| `{target}` | {METRIC_LABELS[metric]} | {num_text(ft['kendall_tau_mean'])} | "
+                f"| `{target}` | {SCORE_LABELS[metric]} | {num_text(ft['kendall_tau_mean'])} | "
                 f"{num_text(ft['weighted_tau_mean'])} | {num_text(ft['top1_rate'])} | "
                 f"{num_text(ft['mean_regret'], '.3f')} | {num_text(head['kendall_tau_mean'])} | "
                 f"{num_text(head['weighted_tau_mean'])} | {num_text(head['top1_rate'])} | "
