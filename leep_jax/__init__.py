@@ -9,7 +9,17 @@ datasets, transfer methods and the paper's experiments live in :mod:`leep_jax.mo
 """
 
 from leep_jax import streaming
-from leep_jax.scores import h_score, joint_distribution, leep, nce
+from leep_jax.scores import (
+    gbc,
+    h_score,
+    joint_distribution,
+    leep,
+    logme,
+    logme_regression,
+    nce,
+    regularized_h_score,
+    transrate,
+)
 from leep_jax.sharding import sharded_scores
 from leep_jax.streaming import score_model
 
@@ -24,3 +34,4 @@ __all__ = [
     "sharded_scores",
     "streaming",
 ]
+__all__ += ["gbc", "logme", "logme_regression", "regularized_h_score", "transrate"]

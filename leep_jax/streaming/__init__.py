@@ -12,6 +12,13 @@ from leep_jax.streaming.accumulators import (
     log_eep,
     nce,
 )
+from leep_jax.streaming.feature_accumulators import (
+    gbc,
+    logme,
+    logme_regression,
+    regularized_h_score,
+    transrate,
+)
 from leep_jax.streaming.score_model import score_model
 
 __all__ = [
@@ -27,3 +34,4 @@ __all__ = [
     "nce",
     "score_model",
 ]
+__all__ += ["gbc", "logme", "logme_regression", "regularized_h_score", "transrate"]

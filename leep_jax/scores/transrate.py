@@ -1,0 +1,156 @@
+"""TransRate (Huang et al., ICML 2022), as tllib computes it."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from leep_jax.scores import _ops
+from leep_jax.scores._validation import validate
+from leep_jax.scores.feature_sums import class_sums, gram, shifted_rows, symmetric, valid_mean
+
+
+class TransRateSums(NamedTuple):
+    """Mergeable sufficient statistics of TransRate, over ``x = f - shift``."""
+
+    count: jax.Array  # f32[]
+    feature_sum: jax.Array  # f32[D]
+    class_count: jax.Array  # f32[C]
+    class_sum: jax.Array  # f32[C, D]
+    class_outer_sum: jax.Array  # f32[C, D, D]: sum_{i in c} x_i x_i^T
+
+
+def transrate_sums(
+    features: jax.Array,
+    labels: jax.Array,
+    num_target_classes: int,
+    *,
+    mask: jax.Array | None = None,
+    shift: jax.Array | None = None,
+) -> TransRateSums:
+    """Sums of ``x = f - shift``, per class; sums over any split of the rows add up.
+
+    The per-class Gram matrices run as a loop over classes, each a masked ``[n, D]``
+    matmul: ``C n D^2`` multiply-adds and no ``[n, C, D]`` intermediate.
+    """
+    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    rows = shifted_rows(features, valid, shift)
+    sums, counts = class_sums(rows, labels, valid, num_target_classes)
+
+    def class_gram(c):
+        return gram(jnp.where((labels == c)[:, None], rows, 0), rows)
+
+    outer = jax.lax.map(class_gram, jnp.arange(num_target_classes))
+    return TransRateSums(
+        count=jnp.sum(valid, dtype=rows.dtype),
+        feature_sum=jnp.sum(rows, axis=0),
+        class_count=counts,
+        class_sum=sums,
+        class_outer_sum=outer,
+    )
+
+
+def coding_rate(gram_matrix: jax.Array, count: jax.Array, eps: float) -> jax.Array:
+    """``R = 1/2 logdet(I + G / (n eps))`` for a PSD Gram ``G = Z^T Z`` of ``n`` rows.
+
+    From the eigenvalues of ``G`` (clipped at 0: float32 rounding can make tiny ones
+    negative, where a Cholesky factorisation would fail). 0 for ``n = 0``.
+    """
+    eigenvalues = jnp.maximum(jnp.linalg.eigvalsh(symmetric(gram_matrix)), 0)
+    scale = 1 / (jnp.maximum(count, 1) * eps)
+    return jnp.where(count > 0, jnp.sum(jnp.log1p(eigenvalues * scale)) / 2, 0)
+
+
+def transrate_from_sums(sums: TransRateSums, eps: float) -> jax.Array:
+    """``R(F) - mean_c R(F_c)`` on features centred by the global mean.
+
+    The per-class Gram of the globally centred rows is rebuilt as the within-class
+    scatter ``sum x x^T - s_c s_c^T / n_c`` plus ``n_c (m_c - m)(m_c - m)^T``, which
+    stays accurate in float32 whatever the shift.
+    """
+    present = sums.class_count > 0
+    safe_counts = jnp.where(present, sums.class_count, 1)
+    class_means = sums.class_sum / safe_counts[:, None]
+    offsets = jnp.where(present[:, None], class_means - sums.feature_sum / sums.count, 0)
+    within = (
+        sums.class_outer_sum
+        - jnp.einsum("c,cd,ce->cde", safe_counts, class_means, class_means) * present[:, None, None]
+    )
+    class_grams = within + jnp.einsum("c,cd,ce->cde", sums.class_count, offsets, offsets)
+    total_rate = coding_rate(jnp.sum(class_grams, axis=0), sums.count, eps)
+    class_rates = jax.vmap(coding_rate, in_axes=(0, 0, None))(class_grams, sums.class_count, eps)
+    mean_class_rate = jnp.sum(class_rates) / jnp.sum(present, dtype=class_rates.dtype)
+    return total_rate - mean_class_rate
+
+
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "eps"))
+def _transrate(features, labels, mask, num_target_classes, eps):
+    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    shift = valid_mean(features, valid)
+    sums = transrate_sums(features, labels, num_target_classes, mask=mask, shift=shift)
+    return transrate_from_sums(sums, eps)
+
+
+def transrate(
+    features: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    *,
+    eps: float = 1e-4,
+    mask: ArrayLike | None = None,
+    validate_inputs: bool = True,
+) -> jax.Array:
+    """TransRate: coding rate of the features minus the mean per-class coding rate.
+
+    ``TrR = R(F, eps) - (1/C) sum_c R(F_c, eps)`` with ``R(Z, eps) = 1/2 logdet(I +
+    Z^T Z / (n_Z eps))``, ``n_Z`` the number of rows of ``Z``, on features centred once
+    by their global mean (``F_c`` are the rows of class ``c`` of the centred ``F``, not
+    re-centred), exactly as tllib (``tllib.ranking.transrate``) computes it; the paper
+    (Huang et al., ICML 2022) writes ``R`` with ``d / (n eps^2)`` and weights classes
+    by ``n_c / n``. Not scale invariant: ``eps`` is an absolute distortion. Classes in
+    range but absent from the data are left out of the mean (tllib returns NaN there).
+
+    One pass suffices (:func:`leep_jax.streaming.transrate`) with ``C`` per-class
+    ``D x D`` Gram matrices; the score then takes ``C + 1`` symmetric eigenvalue
+    decompositions of size ``D``.
+
+    Args:
+      features: ``[n, feature_dim]`` penultimate features.
+      labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
+      num_target_classes: ``C``, a static Python int.
+      eps: the distortion ``eps > 0`` (static; tllib's default 1e-4).
+      mask: optional ``bool[n]``; False rows are dropped as if absent.
+      validate_inputs: value checks on eager calls, as in :func:`leep_jax.leep`.
+
+    Returns:
+      float32 scalar.
+
+    Raises:
+      ValueError: on invalid inputs, as :func:`leep_jax.leep`, or ``eps <= 0``.
+
+    References:
+      Huang, Huang, Liu, Tong. Frustratingly Easy Transferability Estimation. ICML 2022.
+
+    Examples:
+      >>> import jax.numpy as jnp, leep_jax
+      >>> features = jnp.array([[1.0, 0.2], [0.8, 0.0], [0.0, 1.0], [0.2, 0.8]])
+      >>> labels = jnp.array([0, 0, 1, 1])
+      >>> round(float(leep_jax.transrate(features, labels, 2, eps=0.1)), 4)
+      0.0022
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    arrays = validate(
+        "features",
+        features,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=False,
+        check=validate_inputs,
+    )
+    return _transrate(*arrays, float(eps))
