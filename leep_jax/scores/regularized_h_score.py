@@ -117,7 +117,8 @@ def regularized_h_score_from_sums(sums: RegularizedHScoreSums) -> jax.Array:
     shifted_mean = sums.feature_sum / count
     present = sums.class_count > 0
     safe_counts = jnp.where(present, sums.class_count, 1)
-    offsets = jnp.where(present[:, None], sums.class_sum / safe_counts[:, None] - shifted_mean, 0)
+    offsets = sums.class_sum / safe_counts[:, None] - shifted_mean[None, :]
+    offsets = jnp.where(present[:, None], offsets, 0)
     between = jnp.matmul((offsets * sums.class_count[:, None]).T, offsets, precision=HIGHEST)
     between = between / jnp.maximum(count - 1, 1)
     eigenvalues, eigenvectors = jnp.linalg.eigh(shrunk)

@@ -75,7 +75,8 @@ def transrate_from_sums(sums: TransRateSums, eps: float) -> jax.Array:
     present = sums.class_count > 0
     safe_counts = jnp.where(present, sums.class_count, 1)
     class_means = sums.class_sum / safe_counts[:, None]
-    offsets = jnp.where(present[:, None], class_means - sums.feature_sum / sums.count, 0)
+    offsets = class_means - (sums.feature_sum / sums.count)[None, :]
+    offsets = jnp.where(present[:, None], offsets, 0)
     within = (
         sums.class_outer_sum
         - jnp.einsum("c,cd,ce->cde", safe_counts, class_means, class_means) * present[:, None, None]
