@@ -54,7 +54,7 @@ def regularized_h_score_sums(
         count=jnp.sum(valid, dtype=rows.dtype),
         feature_sum=jnp.sum(rows, axis=0),
         outer_sum=gram(rows),
-        norm_sq_weighted_sum=jnp.matmul(norm_sq, rows, precision=HIGHEST),
+        norm_sq_weighted_sum=gram(norm_sq[:, None], rows)[0],
         norm_fourth_sum=jnp.sum(norm_sq * norm_sq),
         class_sum=sums,
         class_count=counts,
