@@ -74,8 +74,8 @@ def score_zoo(
     pass serves them all. The scores are the same either way (up to float32 rounding).
 
     Args:
-      models: name -> source model following the `leep_jax.models` contract. Each runs
-        in eval mode (BatchNorm uses its running statistics); the models are not changed.
+      models: name -> source model following the `leep_jax.models` contract. Each is
+        put in eval mode (BatchNorm uses its running statistics); weights are not changed.
       images: ``[n, h, w, c]`` uint8 images, or float images in [0, 1], in the channel
         count every model takes.
       labels: ``int[n]`` target labels in ``[0, num_target_classes)``.
@@ -128,6 +128,7 @@ def score_zoo(
 
     groups: dict[object, list[tuple[str, nnx.GraphDef, nnx.State]]] = {}
     for name, model in models.items():
+        model.eval()
         graphdef, state = nnx.split(model)
         key = _group_key(graphdef, state) if strategy == "vmap" else name
         groups.setdefault(key, []).append((name, graphdef, state))

@@ -9,14 +9,34 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-ScoreName = Literal["leep", "nce", "h_score", "sfda", "parc", "nleep"]
+ScoreName = Literal[
+    "leep",
+    "nce",
+    "h_score",
+    "regularized_h_score",
+    "logme",
+    "transrate",
+    "gbc",
+    "sfda",
+    "parc",
+    "nleep",
+]
 
 SCORE_NAMES: tuple[ScoreName, ...] = get_args(ScoreName)
 
 # What each score reads from a model's forward pass: its predictions (probabilities or
 # logits over the source classes) or its penultimate features.
 PREDICTION_SCORES: tuple[ScoreName, ...] = ("leep", "nce")
-FEATURE_SCORES: tuple[ScoreName, ...] = ("h_score", "sfda", "parc", "nleep")
+FEATURE_SCORES: tuple[ScoreName, ...] = (
+    "h_score",
+    "regularized_h_score",
+    "logme",
+    "transrate",
+    "gbc",
+    "sfda",
+    "parc",
+    "nleep",
+)
 
 # The scores `score_model` and `score_zoo` compute unless told otherwise: one pass each,
 # cheap next to the forward pass. The others fit iteratively or build N x N matrices.
@@ -27,6 +47,10 @@ SCORE_LABELS: dict[ScoreName, str] = {
     "leep": "LEEP",
     "nce": "NCE",
     "h_score": "H-score",
+    "regularized_h_score": "reg. H-score",
+    "logme": "LogME",
+    "transrate": "TransRate",
+    "gbc": "GBC",
     "sfda": "SFDA",
     "parc": "PARC",
     "nleep": "NLEEP",

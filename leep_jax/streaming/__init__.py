@@ -14,6 +14,13 @@ from leep_jax.streaming.accumulators import (
     log_eep,
     nce,
 )
+from leep_jax.streaming.feature_accumulators import (
+    gbc,
+    logme,
+    logme_regression,
+    regularized_h_score,
+    transrate,
+)
 from leep_jax.streaming.score_model import score_model
 
 __all__ = [
@@ -25,9 +32,14 @@ __all__ = [
     "LogEEPState",
     "NCEState",
     "conditional",
+    "gbc",
     "h_score",
     "joint",
     "log_eep",
+    "logme",
+    "logme_regression",
     "nce",
+    "regularized_h_score",
     "score_model",
+    "transrate",
 ]

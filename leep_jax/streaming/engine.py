@@ -33,7 +33,7 @@ import numpy as np
 from leep_jax import scores
 from leep_jax.scores._validation import PROBABILITY_ATOL
 from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES
-from leep_jax.streaming import accumulators
+from leep_jax.streaming import accumulators, feature_accumulators
 from leep_jax.streaming.sources import Batch, BatchSource
 
 Forward = Callable[[Any, Any], tuple[Any, Any]]
@@ -69,10 +69,14 @@ class Plan:
     def keeps_features(self) -> bool:
         return any(m in IN_MEMORY_SCORES for m in self.metrics)
 
-    def accumulators(self) -> dict[str, accumulators.Accumulator]:
-        """Pass-1 accumulator per streamed score (LEEP's is its joint)."""
+    def accumulators(self, shift: jax.Array | None = None) -> dict[str, accumulators.Accumulator]:
+        """Pass-1 accumulator per streamed score (LEEP's is its joint).
+
+        ``shift`` is the ``[D]`` vector the feature sums are taken around (fixed by the
+        first batch; see :func:`pass1_step`).
+        """
         return {
-            metric: ONE_PASS_SCORES[metric](self)
+            metric: ONE_PASS_SCORES[metric](self, shift)
             for metric in self.metrics
             if metric in ONE_PASS_SCORES
         }
@@ -87,12 +91,26 @@ class Plan:
 # taking the plan (LEEP's entry is its first pass, the joint). In-memory scores need all
 # features at once (an iterative fit or an N x N matrix): the engine keeps the features
 # of every batch on device and calls the score once, masked.
-ONE_PASS_SCORES: dict[str, Callable[[Plan], accumulators.Accumulator]] = {
-    "leep": lambda plan: accumulators.joint(
+ONE_PASS_SCORES: dict[str, Callable[[Plan, Any], accumulators.Accumulator]] = {
+    "leep": lambda plan, shift: accumulators.joint(
         plan.num_target_classes, plan.num_source_classes, from_logits=plan.from_logits
     ),
-    "nce": lambda plan: accumulators.nce(plan.num_target_classes, plan.num_source_classes),
-    "h_score": lambda plan: accumulators.h_score(plan.num_target_classes, plan.feature_dim),
+    "nce": lambda plan, shift: accumulators.nce(plan.num_target_classes, plan.num_source_classes),
+    "h_score": lambda plan, shift: accumulators.h_score(
+        plan.num_target_classes, plan.feature_dim, shift=shift
+    ),
+    "logme": lambda plan, shift: feature_accumulators.logme(
+        plan.num_target_classes, plan.feature_dim, shift=shift
+    ),
+    "regularized_h_score": lambda plan, shift: feature_accumulators.regularized_h_score(
+        plan.num_target_classes, plan.feature_dim, shift=shift
+    ),
+    "transrate": lambda plan, shift: feature_accumulators.transrate(
+        plan.num_target_classes, plan.feature_dim, shift=shift
+    ),
+    "gbc": lambda plan, shift: feature_accumulators.gbc(
+        plan.num_target_classes, plan.feature_dim, shift=shift
+    ),
 }
 IN_MEMORY_SCORES: dict[str, Callable[..., jax.Array]] = {
     "sfda": scores.sfda,
@@ -199,7 +217,15 @@ def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forwa
         "count": state["count"] + jnp.sum(mask, dtype=jnp.float32),
         "checks": _batch_checks(state["checks"], predictions, features, mask, first_row, plan),
     }
-    for metric, acc in plan.accumulators().items():
+    shift = None
+    if plan.reads_features:
+        # The feature sums are taken around the first counted batch's mean: it cancels
+        # in every score and keeps float32 sums accurate for features far from zero.
+        count = jnp.sum(mask, dtype=jnp.float32)
+        total = jnp.sum(jnp.where(mask[:, None], features.astype(jnp.float32), 0), axis=0)
+        shift = jnp.where(state["count"] > 0, state["feature_shift"], total / jnp.maximum(count, 1))
+        new["feature_shift"] = shift
+    for metric, acc in plan.accumulators(shift).items():
         values = predictions if metric in PREDICTION_SCORES else features
         new[metric] = acc.update(state[metric], values, labels, mask)
     kept = (
@@ -302,7 +328,10 @@ def run(
         0 if features is None else features.shape[1],
         keep_predictions,
     )
-    state = {name: acc.init() for name, acc in plan.accumulators().items()}
+    no_shift = jnp.zeros((plan.feature_dim,), jnp.float32) if plan.reads_features else None
+    state = {name: acc.init() for name, acc in plan.accumulators(no_shift).items()}
+    if plan.reads_features:
+        state["feature_shift"] = no_shift
     state["count"], state["checks"] = jnp.zeros((), jnp.float32), _no_problems()
     step = functools.partial(pass1_step, forward=forward, plan=plan)
     probability_dtype = None if predictions is None else predictions.dtype
@@ -326,7 +355,7 @@ def run(
     n = int(state["count"])
     if n == 0:
         raise ValueError("the masks exclude every example; a score needs at least one")
-    accs = plan.accumulators()
+    accs = plan.accumulators(state.get("feature_shift"))
     scores = {m: float(accs[m].compute(state[m])) for m in accs if m != "leep"}
     if plan.keeps_features:
         features, labels, mask = (
