@@ -140,7 +140,22 @@ def _restore_orbax(path: Path) -> Any:
         raise FileNotFoundError(f"no orbax checkpoint directory at {path}")
     if (path / "state").is_dir() and (path / "metadata").is_dir():
         path = path / "state"
-    return ocp.StandardCheckpointer().restore(path.resolve())
+    # Only this process reads, into host NumPy arrays: under jax.distributed orbax would
+    # otherwise synchronise every process and restore onto the global device topology,
+    # while each process of a sweep loads models of its own.
+    only_me = ocp.options.MultiprocessingOptions(
+        primary_host=None, active_processes={jax.process_index()}
+    )
+    checkpointer = ocp.Checkpointer(
+        ocp.PyTreeCheckpointHandler(multiprocessing_options=only_me),
+        multiprocessing_options=only_me,
+    )
+    path = path.resolve()
+    tree = checkpointer.metadata(path)
+    tree = getattr(tree, "item_metadata", tree)
+    tree = getattr(tree, "tree", tree)
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
 
 
 def _pure(tree: Any) -> Any:
