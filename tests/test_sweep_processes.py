@@ -1,4 +1,4 @@
-"""Sweeps as separate processes: SIGKILL then resume, and 2 processes over jax.distributed.
+"""Sweeps as separate processes: Ctrl-C, SIGKILL, resume; 2 processes over jax.distributed.
 
 Every sweep here runs `python -m leep_jax.cli sweep` in subprocesses (fresh JAX, no
 conftest), on 127.0.0.1 with gloo CPU collectives for the 2-process runs. A clean
@@ -81,18 +81,33 @@ def clean(zoo, tmp_path_factory):
     return score_rows(out)
 
 
-def test_sigkill_then_rerun_gives_exactly_the_rows_of_a_clean_run(zoo, clean, tmp_path):
+def _wait_for_pairs(out: Path, process: subprocess.Popen, more_than: int) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while _pairs_done(out) <= more_than and process.poll() is None:
+        assert time.monotonic() < deadline, "no pair was committed in time"
+        time.sleep(0.01)
+
+
+def test_ctrl_c_then_sigkill_then_rerun_gives_exactly_the_rows_of_a_clean_run(zoo, clean, tmp_path):
     out = tmp_path / "killed.sqlite"
     process = _start(sweep_argv(zoo["zoo"], out))
-    deadline = time.monotonic() + TIMEOUT_S
-    while _pairs_done(out) == 0 and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _wait_for_pairs(out, process, 0)
+    process.send_signal(signal.SIGINT)  # Ctrl-C: stops cleanly, exit 130, no traceback
+    _, stderr = process.communicate(timeout=TIMEOUT_S)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and stderr.splitlines()[-1] == "leep-jax: interrupted"
+    interrupted = _pairs_done(out)
+    assert 1 <= interrupted < PAIRS, "the interrupt must land mid-sweep"
+
+    process = _start(sweep_argv(zoo["zoo"], out))
+    _wait_for_pairs(out, process, interrupted)
     process.send_signal(signal.SIGKILL)
-    process.communicate()
+    process.communicate(timeout=TIMEOUT_S)
     assert process.returncode == -signal.SIGKILL
     committed = _pairs_done(out)
-    assert 1 <= committed < PAIRS, "the kill must land mid-sweep"
+    assert interrupted < committed < PAIRS, "the kill must land mid-sweep"
     assert len(score_rows(out)) == 3 * committed  # whole pairs only
+
     stdout = _finish(_start(sweep_argv(zoo["zoo"], out)))
     assert f"{PAIRS - committed} pairs done, {committed} skipped, 0 failed" in stdout
     assert score_rows(out) == clean
