@@ -23,6 +23,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -321,37 +322,52 @@ def run_sweep(
         bar = tqdm(total=len(mine) * len(targets), unit="pair", desc="sweep", disable=not progress)
         modules = LinenModules()
         cache: dict[tuple, np.ndarray] = {}
+        work = []
         for entry in mine:
             pending = [t for t in targets if (entry.name, t.name) not in finished]
             summary.skipped += len(targets) - len(pending)
             bar.update(len(targets) - len(pending))
-            if not pending:
-                continue
-            bar.set_postfix_str(entry.name, refresh=False)
-            load_start = time.perf_counter()
-            try:
-                loaded = entry.load(modules)
-            except Exception as error:  # recorded, and the sweep goes on
+            if pending:
+                work.append((entry, pending))
+
+        def timed_load(entry: ModelEntry) -> tuple[Loaded, float]:
+            start = time.perf_counter()
+            return entry.load(modules), time.perf_counter() - start
+
+        # The next model loads (orbax reads, deserialisation) while this one is scored.
+        loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leep-jax-load")
+        loads = [loader.submit(timed_load, work[0][0])] if work else []
+        try:
+            for index, (entry, pending) in enumerate(work):
+                if index + 1 < len(work):
+                    loads.append(loader.submit(timed_load, work[index + 1][0]))
+                bar.set_postfix_str(entry.name, refresh=False)
+                try:
+                    loaded, load_s = loads[index].result()
+                except Exception as error:  # recorded, and the sweep goes on
+                    reason = _reason(error)
+                    for target in pending:
+                        emit(PairRecord(entry.name, target.name, stage="load", reason=reason,
+                                        process=exchange.process_index))  # fmt: skip
+                        bar.update(1)
+                    continue
+                loads[index] = None  # the model's weights are freed after its pairs
                 for target in pending:
-                    emit(PairRecord(entry.name, target.name, stage="load", reason=_reason(error),
-                                    process=exchange.process_index))  # fmt: skip
+                    key = (target.name, entry.preprocess)
+
+                    def images(key=key, target=target, preprocess=entry.preprocess):
+                        if key not in cache:
+                            cache[key] = preprocess_images(target.images, preprocess)
+                        return cache[key]
+
+                    record = score_pair(entry, loaded, target, metrics, batch_size, images)
+                    emit(dataclasses.replace(record, load_s=load_s, process=exchange.process_index))
                     bar.update(1)
-                continue
-            load_s = time.perf_counter() - load_start
-            for target in pending:
-                key = (target.name, entry.preprocess)
-
-                def images(key=key, target=target, preprocess=entry.preprocess):
-                    if key not in cache:
-                        cache[key] = preprocess_images(target.images, preprocess)
-                    return cache[key]
-
-                record = score_pair(entry, loaded, target, metrics, batch_size, images)
-                emit(dataclasses.replace(record, load_s=load_s, process=exchange.process_index))
-                bar.update(1)
-            if store is not None:
-                for record in exchange.drain():
-                    store.write(record)
+                if store is not None:
+                    for record in exchange.drain():
+                        store.write(record)
+        finally:
+            loader.shutdown(wait=True, cancel_futures=True)
         bar.close()
         summary = exchange.finish(summary, store.write if store is not None else lambda r: None)
         summary.wall_s = time.perf_counter() - started

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -151,11 +152,19 @@ def _restore_orbax(path: Path) -> Any:
         multiprocessing_options=only_me,
     )
     path = path.resolve()
-    tree = checkpointer.metadata(path)
-    tree = getattr(tree, "item_metadata", tree)
-    tree = getattr(tree, "tree", tree)
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    # orbax logs warnings about a leep_jax checkpoint's item read on its own and about
+    # the options above, once per model: keep a sweep's stderr for what matters.
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        tree = checkpointer.metadata(path)
+        tree = getattr(tree, "item_metadata", tree)
+        tree = getattr(tree, "tree", tree)
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    finally:
+        absl_logger.setLevel(level)
 
 
 def _pure(tree: Any) -> Any:
