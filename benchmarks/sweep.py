@@ -13,8 +13,9 @@ is missing) through ``leep_jax.experiments.sweep.run_sweep``, into a fresh SQLit
   same batches for every (model, target), warm, ``block_until_ready`` each pass, summed.
 
 ``warm_over_floor`` (the issue's target: <= 1.2) is the warm sweep's wall time over the
-floor; the checkpoint loads (``load_s``, also in the sweep) and the SQLite commits are
-part of the sweep and not of the floor.
+floor; the checkpoint loads (``load_s``, in a background thread overlapping the scoring
+of the previous model), the scores and the SQLite commits are part of the sweep and not
+of the floor.
 """
 
 from __future__ import annotations
@@ -135,7 +136,6 @@ def run(config: harness.Config) -> dict[str, Any]:
         "compile_s": max(runs["first"]["wall_s"] - warm, 0.0),
         "floor_s": floor,
         "warm_over_floor": warm / floor,
-        "warm_without_loads_over_floor": (warm - runs["warm"]["load_s"]) / floor,
         "load_s": runs["warm"]["load_s"],
         "models_per_minute_warm": num_models * 60 / warm,
         "models_per_minute_first": num_models * 60 / runs["first"]["wall_s"],
@@ -151,7 +151,7 @@ def _markdown(s: dict[str, Any], info: dict[str, Any], config: harness.Config) -
     rows = [
         ["first sweep (compile included)", s["first_wall_s"], s["models_per_minute_first"]],
         ["warm sweep", s["warm_wall_s"], s["models_per_minute_warm"]],
-        ["  of which checkpoint loads", s["load_s"], None],
+        ["checkpoint loads (a background thread, overlapped)", s["load_s"], None],
         ["floor: bare forward passes", s["floor_s"], None],
     ]
     return "\n".join(
@@ -166,8 +166,7 @@ def _markdown(s: dict[str, Any], info: dict[str, Any], config: harness.Config) -
             "",
             harness.markdown_table(["what", "wall s", "models / min"], rows),
             "",
-            f"warm sweep / floor = **{s['warm_over_floor']:.2f}** (without the checkpoint "
-            f"loads {s['warm_without_loads_over_floor']:.2f}); compile "
+            f"warm sweep / floor = **{s['warm_over_floor']:.2f}**; compile (first - warm) "
             f"{s['compile_s']:.1f} s.",
         ]
     )

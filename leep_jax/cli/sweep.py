@@ -30,7 +30,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "sweep",
         help="score a zoo of models on several targets into a resumable SQLite file",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--zoo", metavar="ZOO", help="default, tiny, or a TOML zoo file")
