@@ -302,3 +302,24 @@ def test_builtin_zoo_names_resolve_without_training():
     entries = zoo_file.resolve_zoo("tiny")
     assert [e.kind for e in entries] == ["builtin"] * 3
     assert all(e.preprocess.channels == 1 and e.preprocess.size == 28 for e in entries)
+
+
+def test_models_of_one_architecture_share_one_compiled_step(zoo, tmp_path):
+    from leep_jax.models.adapters import LinenModel, LinenModules, NnxModel
+    from leep_jax.streaming import engine
+
+    folder = zoo["zoo"].parent
+    target = sweep_targets.load_target(TARGETS[0], OPTIONS)
+    first, second = (NnxModel(name, "user_models:NnxMLP", folder / "mlp", search_dir=folder)
+                     for name in ("first", "second"))  # fmt: skip
+    out = str(tmp_path / "shared.sqlite")
+    assert sweep.run_sweep([first], [target], out, batch_size=16).done == 1
+    compiled = engine.pass1_step._cache_size(), engine.pass2_step._cache_size()
+    summary = sweep.run_sweep([first, second], [target], out, batch_size=16)
+    assert (summary.done, summary.skipped) == (1, 1)
+    assert (engine.pass1_step._cache_size(), engine.pass2_step._cache_size()) == compiled
+    modules = LinenModules()
+    variables = folder / "linen.msgpack"
+    linen = [LinenModel(name, "user_models:LinenMLP", variables, features_layer="embed",
+                        search_dir=folder) for name in ("a", "b")]  # fmt: skip
+    assert linen[0].load(modules).forward is linen[1].load(modules).forward
