@@ -5,4 +5,4 @@ Each benchmark is a module with ``NAME`` and ``run(config) -> summary``; it writ
 own section of ``summary.json`` there. See benchmarks/README.md.
 """
 
-BENCHMARKS = ("core", "score_vs_finetune", "zoo", "devices", "memory", "scores")
+BENCHMARKS = ("core", "score_vs_finetune", "zoo", "devices", "memory", "scores", "sweep")

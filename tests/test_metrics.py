@@ -116,9 +116,7 @@ def test_jit_matches_eager_and_float_masks_count_like_bool():
     jitted = jax.jit(lambda d: HScore.from_model_output(**d))(data)
     float_mask = NCE.from_model_output(**{**data, "mask": data["mask"].astype(np.float32)})
     # The H-score sums are centred on a batch mean, so some are rounding noise near 0.
-    jax.tree.map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-5), eager, jitted
-    )
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-5), eager, jitted)
     np.testing.assert_allclose(eager.compute(), jitted.compute(), rtol=1e-6)
     np.testing.assert_array_equal(
         float_mask.state.counts, NCE.from_model_output(**data).state.counts

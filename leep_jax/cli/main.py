@@ -13,7 +13,7 @@ import sys
 
 from leep_jax.cli.errors import CLIError
 
-_SUBCOMMANDS = ("score", "rank", "experiment")
+_SUBCOMMANDS = ("score", "rank", "sweep", "experiment")
 
 
 class _Parser(argparse.ArgumentParser):

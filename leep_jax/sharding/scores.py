@@ -159,8 +159,9 @@ def sharded_scores(
     ``jax.make_array_from_process_local_data(NamedSharding(mesh, jax.P("data")),
     local_rows)`` over a mesh of ``jax.devices()``; nothing here assumes the data is
     host-local (padding happens inside ``jit``, results are replicated scalars). Value
-    checks are skipped for arrays that are not fully addressable. This path has only
-    been tested on simulated single-process CPU devices, not on real multiple hosts.
+    checks are skipped for arrays that are not fully addressable. CI runs it over 2
+    local processes (gloo CPU collectives, tests/test_sweep_processes.py); separate
+    machines have not been tested.
 
     Args:
       predictions: ``[n, num_source_classes]`` source-model probabilities, or logits
