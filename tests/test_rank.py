@@ -1,5 +1,6 @@
 """`leep-jax rank` and `leep_jax.experiments.rank`: ranking source models for a task."""
 
+import importlib
 import json
 import math
 import os
@@ -121,6 +122,10 @@ def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch, str
     """Every training image goes through each model exactly once, for all three scores
     (here ranked by H-score: the metric changes the order, not the work)."""
     from leep_jax.models import zoo_scores as zoo_module
+    from leep_jax.streaming import engine
+
+    # The module, not the function of the same name that leep_jax.streaming exports.
+    score_model_module = importlib.import_module("leep_jax.streaming.score_model")
 
     rows_seen = {}
 
@@ -134,10 +139,11 @@ def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch, str
         )
         return logits, features
 
-    monkeypatch.setattr(zoo_module, "forward", counting_forward)
+    monkeypatch.setattr(score_model_module, "module_outputs", counting_forward)
     # Compile the counting forward (cached executables would skip it), and drop it after.
-    zoo_module._forward.clear_cache()
-    zoo_module._forward_stacked.clear_cache()
+    compiled = (engine.pass1_step, engine.pass2_step, zoo_module._forward_stacked)
+    for step in compiled:
+        step.clear_cache()
     n, batch_size = task.train_labels.shape[0], 10
     try:
         result = rank.rank_models(
@@ -145,8 +151,8 @@ def test_ranking_takes_one_forward_pass_per_model(task, models, monkeypatch, str
         )
         jax.effects_barrier()
     finally:
-        zoo_module._forward.clear_cache()
-        zoo_module._forward_stacked.clear_cache()
+        for step in compiled:
+            step.clear_cache()
     assert len(result.rows) == len(models)
     assert set(rows_seen) == {model.num_classes for model in models.values()}
     for rows in rows_seen.values():

@@ -34,10 +34,15 @@ class ModuleForward:
             images = images.astype(jnp.float32) / 255.0
         module = nnx.merge(self.graphdef, state)
         module.eval()
-        if hasattr(module, "features") and hasattr(module, "head"):
-            features = module.features(images)
-            return module.head(features), features
-        return module(images)
+        return module_outputs(module, images)
+
+
+def module_outputs(module: nnx.Module, images) -> tuple:
+    """``(logits, features)`` of an NNX module in one pass (see :class:`ModuleForward`)."""
+    if hasattr(module, "features") and hasattr(module, "head"):
+        features = module.features(images)
+        return module.head(features), features
+    return module(images)
 
 
 @dataclasses.dataclass(frozen=True)
