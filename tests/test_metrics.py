@@ -309,3 +309,25 @@ def test_merge_and_reduce_go_through_the_accumulators_merge():
     assert float(stacked.reduce().compute()) == -7.0
     masked = Max.from_model_output(values=values[0], mask=jnp.array([1.0, 0.0, 0.0]))
     assert float(Max.empty().merge(masked).merge(Max.empty()).compute()) == -30.0
+
+
+FEATURE_METRICS = {
+    "logme": (metrics.logme, leep_jax.logme),
+    "regularized_h_score": (metrics.regularized_h_score, leep_jax.regularized_h_score),
+    "transrate": (metrics.transrate, leep_jax.transrate),
+    "gbc": (metrics.gbc, leep_jax.gbc),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_METRICS))
+def test_one_pass_feature_scores_as_metrics(name):
+    factory, score = FEATURE_METRICS[name]
+    data = make_problem(8)
+    want = score(data["features"], data["labels"], Y, mask=data["mask"])
+    # One shift for every batch (a rough mean), as the metric's docstring asks.
+    Metric = factory(Y, D, shift=data["features"][:9].mean(0))
+    merged = tree_merge([Metric.from_model_output(**batch) for batch in ragged_batches(data)])
+    np.testing.assert_allclose(float(merged.compute()), float(want), rtol=1e-4, atol=1e-5)
+    shards = {k: v.reshape(8, 8, *v.shape[1:]) for k, v in data.items()}
+    reduced = jax.vmap(lambda s: Metric.from_model_output(**s))(shards).reduce()
+    np.testing.assert_allclose(float(reduced.compute()), float(want), rtol=1e-4, atol=1e-5)

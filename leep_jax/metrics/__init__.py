@@ -8,21 +8,38 @@ them an in-place ``nnx.Metric`` for ``nnx.MultiMetric``. :func:`from_accumulator
 the one adapter behind them: any :class:`~leep_jax.streaming.Accumulator` becomes a
 metric in one line.
 
+The one-pass feature scores (LogME, regularized H-score, TransRate, GBC) are metrics
+too; SFDA, PARC and NLEEP need every feature at once and have no metric form.
+
 LEEP is exact in two phases (:mod:`leep_jax.metrics.scores`): :func:`joint`, then
 :func:`log_eep` with the :func:`conditional` frozen from the complete joint.
 """
 
 from leep_jax.metrics.adapter import AccumulatorMetric, from_accumulator
 from leep_jax.metrics.nnx_wrapper import NnxMetric
-from leep_jax.metrics.scores import conditional, h_score, joint, log_eep, nce
+from leep_jax.metrics.scores import (
+    conditional,
+    gbc,
+    h_score,
+    joint,
+    log_eep,
+    logme,
+    nce,
+    regularized_h_score,
+    transrate,
+)
 
 __all__ = [
     "AccumulatorMetric",
     "NnxMetric",
     "conditional",
     "from_accumulator",
+    "gbc",
     "h_score",
     "joint",
     "log_eep",
+    "logme",
     "nce",
+    "regularized_h_score",
+    "transrate",
 ]
