@@ -510,3 +510,26 @@ def test_example_script_outputs_score(tmp_path, capsys):
     assert -ref.label_entropy(labels) + 0.1 < result["leep"] < -0.1
     assert result["leep"] >= result["nce"]  # the paper's usual ordering
     assert result["h_score"] > 0
+
+
+@pytest.mark.parametrize("batch_size", [None, BATCH], ids=["in_memory", "streaming"])
+def test_every_score_matches_the_library(task, capsys, batch_size):
+    """--metrics takes every score; both paths give the library's in-memory values."""
+    import jax
+
+    from leep_jax.scores.names import SCORE_NAMES
+
+    arrays, paths = task
+    argv = score_argv(paths, logits=True, batch_size=batch_size)
+    result = run_json([*argv, "--metrics", ",".join(SCORE_NAMES)], capsys)
+    assert list(result) == [*SCORE_NAMES, "n"]
+    logits, labels, features = arrays["logits"], arrays["labels"], arrays["features"]
+    for name in SCORE_NAMES:
+        score = getattr(leep_jax, name)
+        if name in ("leep", "nce"):
+            want = score(logits, labels, Y, from_logits=True)
+        elif name == "nleep":
+            want = score(features, labels, Y, key=jax.random.key(0))
+        else:
+            want = score(features, labels, Y)
+        np.testing.assert_allclose(result[name], float(want), rtol=1e-4, atol=1e-5, err_msg=name)
