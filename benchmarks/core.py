@@ -9,6 +9,12 @@ inputs and timed (compile apart, warm-up, median of at least five runs), next to
 * a memory floor: two jitted ``jnp.sum`` passes over the same input array, the least
   any exact two-pass LEEP can cost.
 
+At the headline size (the largest size in quick and tiny modes) each score is also
+timed as users call it, eagerly with its value checks on (``validate_inputs=True``, the
+default), and LEEP from logits next to LEEP from probabilities: these calls alternate,
+best of five each, so that the ratios (validated / unvalidated, logits / probabilities)
+hold on a machine shared with other work.
+
 H-score takes features, not predictions: an ``[N, D]`` array with
 ``D = clip(Z, 64, 512)`` (from ResNet20's 64 to ResNet18's 512 features), because its
 ``O(N D^2 + D^3)`` cost at ``D = 1000`` would take most of the suite's time on a CPU.
@@ -172,6 +178,66 @@ def _measure(
     return row
 
 
+RATIO_REPEATS = 5
+
+
+def paired_best(calls: dict[str, Any], repeats: int = RATIO_REPEATS) -> dict[str, Any]:
+    """Times blocking ``calls`` in turn (one warm-up each), ``repeats`` rounds.
+
+    Alternating the calls exposes them to the same load, so their ratios are fair on a
+    shared machine; the best of the rounds is the least disturbed run of each.
+    """
+    for call in calls.values():
+        jax.block_until_ready(call())
+    runs: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            runs[name].append(time.perf_counter() - start)
+    return {
+        name: {"best_s": min(times), "median_s": float(np.median(times)), "runs_s": times}
+        for name, times in runs.items()
+    }
+
+
+@jax.jit
+def _logits_of(probabilities):
+    """Logits whose softmax is ``probabilities`` (floored at 1e-30), in their dtype."""
+    widened = probabilities.astype(jnp.float32)
+    return jnp.log(jnp.maximum(widened, 1e-30)).astype(probabilities.dtype)
+
+
+def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: int):
+    """Validated / unvalidated eager calls, and for LEEP logits / probabilities.
+
+    Every call is the public function called eagerly, as the README shows it.
+    """
+    fn = {"leep": leep_jax.leep, "nce": leep_jax.nce, "h_score": leep_jax.h_score}[score]
+    calls = {
+        "unvalidated": lambda: fn(values, labels, num_classes, validate_inputs=False),
+        "validated": lambda: fn(values, labels, num_classes),
+    }
+    logits = None
+    if score == "leep":
+        logits = _logits_of(values)
+        calls["logits"] = lambda: fn(
+            logits, labels, num_classes, from_logits=True, validate_inputs=False
+        )
+        calls["logits validated"] = lambda: fn(logits, labels, num_classes, from_logits=True)
+    times = paired_best(calls)
+    best = {name: t["best_s"] for name, t in times.items()}
+    out: dict[str, Any] = {
+        "calls": times,
+        "validated_over_unvalidated": best["validated"] / best["unvalidated"],
+    }
+    if logits is not None:
+        out["logits_over_probabilities"] = best["logits"] / best["unvalidated"]
+        out["logits_validated_over_unvalidated"] = best["logits validated"] / best["logits"]
+        del logits
+    return out
+
+
 def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, Any]:
     """Where LEEP's time goes: its two sweeps and the alternatives, timed apart.
 
@@ -321,6 +387,11 @@ def run(config: harness.Config) -> dict[str, Any]:
                         row["abs_diff_vs_float32_peer"] = abs(
                             row["value"] - peer_values_by_key[key]
                         )
+                    if _is_headline(headline, n, z, y) or (
+                        headline is None and (n, z, y) == (ns[-1], zs[-1], ys[-1])
+                    ):
+                        print(f"[core] {score} {dtype}: validated and logits calls", flush=True)
+                        row["ratios"] = call_ratios(score, values, labels, y)
                     row["peak_rss_mb"] = harness.peak_rss_mb()
                     row["load_average"] = os.getloadavg()[0]
                     if (
@@ -408,6 +479,7 @@ def _summary(rows, headline) -> dict[str, Any]:
         "at": {"n": row["n"], "z": row["z"], "y": row["y"], "dtype": row["dtype"]},
         "targets": {"leep_speedup_vs_numpy": ">= 20", "leep_time_over_two_read_floor": "<= 4"},
     }
+    summary.update(_ratio_summary(rows, row))
     if len(chosen) > 1:
         summary["repeats"] = [
             {
@@ -418,6 +490,48 @@ def _summary(rows, headline) -> dict[str, Any]:
             for r in chosen
         ]
     return summary
+
+
+RATIO_KEYS = {
+    # summary key: (score, dtype, ratio key)
+    "leep_validated_over_unvalidated": ("leep", "float32", "validated_over_unvalidated"),
+    "leep_logits_over_probabilities": ("leep", "float32", "logits_over_probabilities"),
+    "leep_logits_over_probabilities_bfloat16": ("leep", "bfloat16", "logits_over_probabilities"),
+    "leep_logits_validated_over_unvalidated": (
+        "leep",
+        "float32",
+        "logits_validated_over_unvalidated",
+    ),
+    "nce_validated_over_unvalidated": ("nce", "float32", "validated_over_unvalidated"),
+    "h_score_validated_over_unvalidated": ("h_score", "float32", "validated_over_unvalidated"),
+}
+RATIO_TARGETS = {
+    "leep_validated_over_unvalidated": "<= 1.25",
+    "leep_logits_over_probabilities": "<= 1.4",
+    "leep_logits_over_probabilities_bfloat16": "<= 1.4",
+}
+
+
+def _ratio_summary(rows, at) -> dict[str, Any]:
+    """Medians over repeats of the call ratios measured at the headline row's size."""
+    out: dict[str, Any] = {}
+    for key, (score, dtype, ratio) in RATIO_KEYS.items():
+        values = [
+            r["ratios"][ratio]
+            for r in rows
+            if "ratios" in r
+            and ratio in r["ratios"]
+            and (r["score"], r["dtype"], r["n"], r["z"], r["y"])
+            == (score, dtype, at["n"], at["z"], at["y"])
+        ]
+        if values:
+            out[key] = float(np.median(values))
+    if out:
+        out["ratio_targets"] = {k: v for k, v in RATIO_TARGETS.items() if k in out}
+        out["ratio_note"] = (
+            "best of 5 alternating eager calls each, same process; median over repeats"
+        )
+    return out
 
 
 def _markdown(rows, info, summary, config) -> str:
@@ -493,6 +607,74 @@ def _markdown(rows, info, summary, config) -> str:
             f"(target <= 4).",
             "",
         ]
+    return (
+        "\n".join(lines)
+        + harness.markdown_table(headers, table)
+        + "\n"
+        + _ratio_markdown(rows, summary)
+    )
+
+
+def _ratio_markdown(rows, summary) -> str:
+    """The validated and logits calls: best of 5 alternating eager calls, and ratios."""
+    table = []
+    for r in rows:
+        ratios = r.get("ratios")
+        if not ratios:
+            continue
+        calls = ratios["calls"]
+        table.append(
+            [
+                r["score"],
+                f"{r['n']:,}",
+                r.get("d", r["z"]),
+                r["y"],
+                r["dtype"],
+                calls["unvalidated"]["best_s"] * 1e3,
+                calls["validated"]["best_s"] * 1e3,
+                ratios["validated_over_unvalidated"],
+                calls["logits"]["best_s"] * 1e3 if "logits" in calls else None,
+                ratios.get("logits_over_probabilities"),
+                calls["logits validated"]["best_s"] * 1e3 if "logits" in calls else None,
+                r.get("load_average"),
+            ]
+        )
+    if not table:
+        return ""
+    lines = [
+        "",
+        "## Eager calls as documented: value checks on, and LEEP from logits",
+        "",
+        "Each public function called eagerly (no outer `jit`), the calls of one row "
+        "alternating, best of 5 each; `validated` is the default `validate_inputs=True`. "
+        "Measured on a machine that may be shared: the ratios within a row, not the "
+        "absolute times, are the figures of merit (targets: validated / unvalidated "
+        "<= 1.25, logits / probabilities <= 1.4).",
+        "",
+    ]
+    if "leep_validated_over_unvalidated" in summary:
+        lines += [
+            "Summary (median over repeats): LEEP validated / unvalidated "
+            f"{summary['leep_validated_over_unvalidated']:.2f}, logits / probabilities "
+            f"{summary.get('leep_logits_over_probabilities', float('nan')):.2f} (float32), "
+            f"{summary.get('leep_logits_over_probabilities_bfloat16', float('nan')):.2f} "
+            "(bfloat16).",
+            "",
+        ]
+    headers = [
+        "score",
+        "N",
+        "Z (H-score: D)",
+        "Y",
+        "dtype",
+        "unvalidated ms",
+        "validated ms",
+        "validated / unvalidated",
+        "logits ms",
+        "logits / probabilities",
+        "logits validated ms",
+        "load average",
+    ]
     return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"
 
 
