@@ -235,30 +235,30 @@ def map_rows(row_fn, values: jax.Array, dtype):
 
 def softmax_sum_into(
     table_shape, logits: jax.Array, index, weights: jax.Array, *, dtype
-) -> tuple[jax.Array, jax.Array]:
-    """``table[index[i]] += softmax(logits[i])`` and each row's ``logsumexp``, in one sweep.
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``table[index[i]] += softmax(logits[i])``, keeping each row's normaliser, in one sweep.
 
-    The row sum of :func:`row_sum_into` with a softmax transform that also keeps the
-    per-row log normaliser ``lse[i] = logsumexp(logits[i])`` (``dtype[n]``), so that a
-    second sweep can form ``softmax(l_i) = exp(l_i - lse_i)`` with one exponential per
-    element and no max. Rows dropped by ``weights`` still get their ``lse``.
+    The row sum of :func:`row_sum_into` with a softmax transform that also returns, per
+    row, the shift ``m_i = max(l_i)`` and ``log s_i`` with ``s_i = sum_z exp(l_iz - m_i)``,
+    so that a second sweep can form ``softmax(l_i) = exp(l_i - m_i) / s_i`` with one
+    exponential per element and no max. Kept apart rather than as ``logsumexp = m + log
+    s``, which loses ``log s`` to rounding when ``|m|`` is large. Rows dropped by
+    ``weights`` still get theirs.
 
     Returns:
-      ``(table dtype[table_shape], lse dtype[n])``.
+      ``(table dtype[table_shape], shift dtype[n], log_total dtype[n])``.
     """
     index = jnp.where(weights, index, table_shape[0])
     out_sharding = _replicated_out_sharding(index)
 
-    def softmax_and_lse(rows):
+    def add(table, index, rows):
+        rows = rows.astype(dtype)
         shift = jnp.max(rows, axis=-1, keepdims=True)
         shift = jnp.where(jnp.isfinite(shift), shift, 0)
         exps = jnp.exp(rows - shift)
         total = jnp.sum(exps, axis=-1, keepdims=True)
-        return exps / total, (jnp.log(total) + shift)[:, 0]
-
-    def add(table, index, rows):
-        probs, lse = softmax_and_lse(rows.astype(dtype))
-        return table.at[index].add(probs, mode="drop", out_sharding=out_sharding), lse
+        table = table.at[index].add(exps / total, mode="drop", out_sharding=out_sharding)
+        return table, shift[:, 0], jnp.log(total[:, 0])
 
     table = jnp.zeros(table_shape, dtype)
     if logits.ndim != 2 or _is_split_along_rows(logits):
@@ -268,14 +268,16 @@ def softmax_sum_into(
         read = _block_reader(logits, dtype)
 
         def step(start, size, carry):
-            table, lse = carry
+            table, *per_row = carry
             block_index = jax.lax.dynamic_slice_in_dim(index, start, size)
-            table, block_lse = add(table, block_index, read(start, size))
-            return table, jax.lax.dynamic_update_slice_in_dim(lse, block_lse, start, 0)
+            table, *block = add(table, block_index, read(start, size))
+            return table, *(
+                jax.lax.dynamic_update_slice_in_dim(out, b, start, 0)
+                for out, b in zip(per_row, block, strict=True)
+            )
 
-        return _block_loop(
-            logits.shape[0], logits.shape[1], step, (table, jnp.zeros(index.shape, dtype))
-        )
+        zeros = jnp.zeros(index.shape, dtype)
+        return _block_loop(logits.shape[0], logits.shape[1], step, (table, zeros, zeros))
 
     return jax.lax.platform_dependent(
         table, logits, index, cpu=blocked, default=lambda t, r, i: add(t, i, r)

@@ -25,21 +25,26 @@ def _log_dot(conditional_row, probability_row):
     return jnp.log(jnp.sum(conditional_row * probability_row.astype(conditional_row.dtype)))
 
 
-def _log_dot_softmax(conditional_row, logit_row, log_normalizer):
-    """``log sum_z P(y|z) softmax(l)_z`` given ``log_normalizer = logsumexp(l)``.
+def _log_dot_softmax(conditional_row, logit_row, shift, log_total):
+    """``log sum_z P(y|z) softmax(l)_z`` given ``shift = max(l)``, ``log_total = log s``.
 
-    Exact for logits of any magnitude: ``exp(l_z - logsumexp(l)) <= 1`` cannot
-    overflow, and the row's own argmax ``z*`` keeps the sum away from underflow, since
-    ``softmax(l)_z* >= 1/Z`` and ``P(y_i | z*) > 0`` (row ``i`` itself adds to the joint).
+    ``softmax(l)_z = exp(l_z - shift) / s`` with ``s = sum_z exp(l_z - shift)``. Exact
+    for logits of any magnitude: ``l_z - shift <= 0`` is exact near the maximum and
+    cannot overflow, and the row's own argmax ``z*`` keeps the sum from underflowing
+    (``exp(0) = 1`` and ``P(y_i | z*) > 0``, since row ``i`` itself adds to the joint).
     One exponential per element, against two logsumexps (two maxima, two exponentials).
     """
     logit_row = logit_row.astype(conditional_row.dtype)
-    return jnp.log(jnp.sum(conditional_row * jnp.exp(logit_row - log_normalizer)))
+    return jnp.log(jnp.sum(conditional_row * jnp.exp(logit_row - shift))) - log_total
 
 
 def _log_dot_from_logits(conditional_row, logit_row):
+    """:func:`_log_dot_softmax` with the row's normaliser computed here (streaming)."""
     logit_row = logit_row.astype(conditional_row.dtype)
-    return _log_dot_softmax(conditional_row, logit_row, jax.nn.logsumexp(logit_row))
+    shift = jnp.max(logit_row)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    exps = jnp.exp(logit_row - shift)
+    return jnp.log(jnp.sum(conditional_row * exps)) - jnp.log(jnp.sum(exps))
 
 
 def log_eep(
@@ -51,9 +56,9 @@ def log_eep(
 ) -> jax.Array:
     """Per-example ``log sum_z P(y_i | z) theta_iz``, ``f32[n]``; no masking.
 
-    With logits this is ``log sum_z P(y_i|z) exp(l_iz - logsumexp(l_i))``, exact for
-    logits of any magnitude. Rows whose label is out of range get a meaningless value:
-    callers mask them.
+    With logits this is ``log sum_z P(y_i|z) exp(l_iz - m_i) - log sum_z exp(l_iz - m_i)``
+    with ``m_i = max_z l_iz``, exact for logits of any magnitude. Rows whose label is
+    out of range get a meaningless value: callers mask them.
 
     Args:
       predictions: ``[n, Z]`` probabilities or logits.
@@ -78,18 +83,16 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
 def _leep(predictions, labels, mask, num_target_classes, from_logits, check=False):
     """LEEP, and with ``check`` also the value-check flags, from the same two sweeps.
 
-    Sweep 1 sums the joint; for logits it also keeps each row's logsumexp (``f32[n]``),
-    so that sweep 2 needs one exponential per element. Sweep 2 forms the per-example
+    Sweep 1 sums the joint; for logits it also keeps each row's softmax normaliser
+    (max and log-sum, ``f32[n]`` each), so that sweep 2 needs one exponential per
+    element and no max. Sweep 2 forms the per-example
     term and, with ``check``, each row's sum (and minimum): no extra read of the input.
     """
     dtype = accumulation_dtype(predictions.dtype)
     valid = _ops.valid_rows(labels, num_target_classes, mask)
     shape = (num_target_classes, predictions.shape[-1])
     if from_logits:
-        table, log_normalizer = _ops.softmax_sum_into(
-            shape, predictions, labels, valid, dtype=dtype
-        )
-        extras = (log_normalizer,)
+        table, *extras = _ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
     else:
         table, _ = joint_sum(predictions, labels, num_target_classes, mask=mask)
         extras = ()
