@@ -257,7 +257,10 @@ def softmax_sum_into(
         shift = jnp.where(jnp.isfinite(shift), shift, 0)
         exps = jnp.exp(rows - shift)
         total = jnp.sum(exps, axis=-1, keepdims=True)
-        table = table.at[index].add(exps / total, mode="drop", out_sharding=out_sharding)
+        # One division per row, then a multiplication per element (within an ulp of
+        # the division, and several times cheaper on CPU).
+        softmax = exps * (1 / total)
+        table = table.at[index].add(softmax, mode="drop", out_sharding=out_sharding)
         return table, shift[:, 0], jnp.log(total[:, 0])
 
     table = jnp.zeros(table_shape, dtype)
