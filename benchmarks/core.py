@@ -185,18 +185,28 @@ def paired_best(calls: dict[str, Any], repeats: int = RATIO_REPEATS) -> dict[str
     """Times blocking ``calls`` in turn (one warm-up each), ``repeats`` rounds.
 
     Alternating the calls exposes them to the same load, so their ratios are fair on a
-    shared machine; the best of the rounds is the least disturbed run of each.
+    shared machine; the best of the rounds is the least disturbed run of each. Also
+    records the process's CPU time per call (all of XLA's threads): on a CPU shared
+    with other work it is far steadier than wall time, which includes waiting for a core.
     """
     for call in calls.values():
         jax.block_until_ready(call())
     runs: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(call())
             runs[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
     return {
-        name: {"best_s": min(times), "median_s": float(np.median(times)), "runs_s": times}
+        name: {
+            "best_s": min(times),
+            "median_s": float(np.median(times)),
+            "runs_s": times,
+            "best_cpu_s": min(cpu[name]),
+            "cpu_s": cpu[name],
+        }
         for name, times in runs.items()
     }
 
@@ -226,15 +236,15 @@ def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: i
         )
         calls["logits validated"] = lambda: fn(logits, labels, num_classes, from_logits=True)
     times = paired_best(calls)
-    best = {name: t["best_s"] for name, t in times.items()}
-    out: dict[str, Any] = {
-        "calls": times,
-        "validated_over_unvalidated": best["validated"] / best["unvalidated"],
-    }
-    if logits is not None:
-        out["logits_over_probabilities"] = best["logits"] / best["unvalidated"]
-        out["logits_validated_over_unvalidated"] = best["logits validated"] / best["logits"]
-        del logits
+    out: dict[str, Any] = {"calls": times}
+    for suffix, key in (("", "best_s"), ("_cpu_time", "best_cpu_s")):
+        best = {name: t[key] for name, t in times.items()}
+        out["validated_over_unvalidated" + suffix] = best["validated"] / best["unvalidated"]
+        if logits is not None:
+            out["logits_over_probabilities" + suffix] = best["logits"] / best["unvalidated"]
+            out["logits_validated_over_unvalidated" + suffix] = (
+                best["logits validated"] / best["logits"]
+            )
     return out
 
 
@@ -526,10 +536,21 @@ def _ratio_summary(rows, at) -> dict[str, Any]:
         ]
         if values:
             out[key] = float(np.median(values))
+        values = [
+            r["ratios"][ratio + "_cpu_time"]
+            for r in rows
+            if "ratios" in r
+            and ratio + "_cpu_time" in r["ratios"]
+            and (r["score"], r["dtype"], r["n"], r["z"], r["y"])
+            == (score, dtype, at["n"], at["z"], at["y"])
+        ]
+        if values:
+            out[key + "_cpu_time"] = float(np.median(values))
     if out:
         out["ratio_targets"] = {k: v for k, v in RATIO_TARGETS.items() if k in out}
         out["ratio_note"] = (
-            "best of 5 alternating eager calls each, same process; median over repeats"
+            "best of 5 alternating eager calls each, same process; median over repeats; "
+            "_cpu_time: the same from process CPU time (steadier on a shared CPU)"
         )
     return out
 
@@ -636,6 +657,8 @@ def _ratio_markdown(rows, summary) -> str:
                 calls["logits"]["best_s"] * 1e3 if "logits" in calls else None,
                 ratios.get("logits_over_probabilities"),
                 calls["logits validated"]["best_s"] * 1e3 if "logits" in calls else None,
+                ratios.get("validated_over_unvalidated_cpu_time"),
+                ratios.get("logits_over_probabilities_cpu_time"),
                 r.get("load_average"),
             ]
         )
@@ -673,6 +696,8 @@ def _ratio_markdown(rows, summary) -> str:
         "logits ms",
         "logits / probabilities",
         "logits validated ms",
+        "validated / unvalidated (CPU time)",
+        "logits / probabilities (CPU time)",
         "load average",
     ]
     return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"
@@ -685,3 +710,51 @@ def _breakdown_markdown(breakdowns) -> str:
         table = [[name, t["median_s"] * 1e3, t.get("compile_s")] for name, t in parts.items()]
         lines.append(harness.markdown_table(["part", "ms (median)", "compile s"], table))
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def ratios_only(config: harness.Config) -> dict[str, Any]:
+    """Only the eager-call ratios, at the headline size: ``python -m benchmarks.core``.
+
+    A few minutes instead of the headline run's quarter hour, for re-measuring the
+    ratios on a quieter machine. Writes ``core_ratios.{json,md}`` and the
+    ``core_ratios`` section of ``summary.json``.
+    """
+    info = harness.machine()
+    n, z, y = HEADLINE["n"], HEADLINE["z"], HEADLINE["y"]
+    if config.mode != "full":
+        n, z, y = 2_000, 64, 20
+    predictions32 = jax.device_put(make_predictions(n, z, seed=n + z))
+    labels = jax.device_put(np.random.default_rng(n + y).integers(0, y, n).astype(np.int32))
+    rows = []
+    for dtype in DTYPES:
+        values = predictions32.astype(DTYPES[dtype])
+        for score in ("leep", "nce"):
+            print(f"[core ratios] {score} {dtype}", flush=True)
+            ratios = call_ratios(score, values, labels, y)
+            rows.append(
+                dict(score=score, n=n, z=z, y=y, dtype=dtype, ratios=ratios)
+                | {"load_average": os.getloadavg()[0]}
+            )
+        del values
+        gc.collect()
+    summary = _ratio_summary(rows, {"n": n, "z": z, "y": y})
+    markdown = "\n".join(
+        [f"# core ratios ({config.mode})", "", f"Machine: {harness.machine_line(info)}.", ""]
+    ) + _ratio_markdown(rows, summary)
+    harness.write_result(
+        config, "core_ratios", {"machine": info, "rows": rows, "summary": summary}, markdown
+    )
+    harness.update_summary(config, "core_ratios", {**summary, "machine": info})
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    mode = "tiny" if "--tiny" in sys.argv else "full"
+    label = harness.device_label() + ("" if mode == "full" else f"-{mode}")
+    print(
+        ratios_only(
+            harness.Config(mode=mode, out_dir=harness.RESULTS_DIR / label, memory_budget_gb=12.0)
+        )
+    )
