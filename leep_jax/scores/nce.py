@@ -61,16 +61,22 @@ def nce_from_counts(counts: jax.Array) -> jax.Array:
 def _nce(predictions, labels, mask, num_target_classes, probabilities=None):
     """NCE; with ``probabilities`` set (a bool), also the value-check flags.
 
-    The checks share the argmax's sweep: each row's argmax, sum (and minimum for
-    probabilities) come from one read of the row.
+    The checks' row sums and minima are whole-array reductions in the same program as
+    the argmax: on XLA:CPU that costs about 1.4x the argmax alone, where one block loop
+    computing argmax, sum and minimum together measured 2.2x (2-core CPU, jax 0.10.2).
     """
     if probabilities is None:
         return nce_from_counts(nce_counts(predictions, labels, num_target_classes, mask=mask))
 
-    def row_fn(row):
-        return jnp.argmax(row), row_checks(row, probabilities=probabilities)
-
-    hard, row_stats = _ops.map_rows(row_fn, predictions, accumulation_dtype(predictions.dtype))
+    hard = jnp.argmax(predictions, axis=-1)
+    dtype = accumulation_dtype(predictions.dtype)
+    checks = functools.partial(row_checks, probabilities=probabilities)
+    if predictions.dtype == dtype:
+        row_stats = jax.vmap(checks)(predictions)
+    else:
+        # Narrow inputs: a whole-array widening would be materialised on CPU; the
+        # block loop widens block by block.
+        row_stats = _ops.map_rows(checks, predictions, dtype)
     counts = _counts_of(hard, labels, num_target_classes, predictions.shape[-1], mask)
     flags = reduce_checks(row_stats, labels, num_target_classes, mask, probabilities=probabilities)
     return nce_from_counts(counts), flags
