@@ -9,6 +9,12 @@ inputs and timed (compile apart, warm-up, median of at least five runs), next to
 * a memory floor: two jitted ``jnp.sum`` passes over the same input array, the least
   any exact two-pass LEEP can cost.
 
+At the headline size (the largest size in quick and tiny modes) each score is also
+timed as users call it, eagerly with its value checks on (``validate_inputs=True``, the
+default), and LEEP from logits next to LEEP from probabilities: these calls alternate,
+best of five each, so that the ratios (validated / unvalidated, logits / probabilities)
+hold on a machine shared with other work.
+
 H-score takes features, not predictions: an ``[N, D]`` array with
 ``D = clip(Z, 64, 512)`` (from ResNet20's 64 to ResNet18's 512 features), because its
 ``O(N D^2 + D^3)`` cost at ``D = 1000`` would take most of the suite's time on a CPU.
@@ -172,6 +178,76 @@ def _measure(
     return row
 
 
+RATIO_REPEATS = 5
+
+
+def paired_best(calls: dict[str, Any], repeats: int = RATIO_REPEATS) -> dict[str, Any]:
+    """Times blocking ``calls`` in turn (one warm-up each), ``repeats`` rounds.
+
+    Alternating the calls exposes them to the same load, so their ratios are fair on a
+    shared machine; the best of the rounds is the least disturbed run of each. Also
+    records the process's CPU time per call (all of XLA's threads): on a CPU shared
+    with other work it is far steadier than wall time, which includes waiting for a core.
+    """
+    for call in calls.values():
+        jax.block_until_ready(call())
+    runs: dict[str, list[float]] = {name: [] for name in calls}
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            jax.block_until_ready(call())
+            runs[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        name: {
+            "best_s": min(times),
+            "median_s": float(np.median(times)),
+            "runs_s": times,
+            "best_cpu_s": min(cpu[name]),
+            "cpu_s": cpu[name],
+        }
+        for name, times in runs.items()
+    }
+
+
+@jax.jit
+def _logits_of(probabilities):
+    """Logits whose softmax is ``probabilities`` (floored at 1e-30), in their dtype."""
+    widened = probabilities.astype(jnp.float32)
+    return jnp.log(jnp.maximum(widened, 1e-30)).astype(probabilities.dtype)
+
+
+def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: int):
+    """Validated / unvalidated eager calls, and for LEEP logits / probabilities.
+
+    Every call is the public function called eagerly, as the README shows it.
+    """
+    fn = {"leep": leep_jax.leep, "nce": leep_jax.nce, "h_score": leep_jax.h_score}[score]
+    calls = {
+        "unvalidated": lambda: fn(values, labels, num_classes, validate_inputs=False),
+        "validated": lambda: fn(values, labels, num_classes),
+    }
+    logits = None
+    if score == "leep":
+        logits = _logits_of(values)
+        calls["logits"] = lambda: fn(
+            logits, labels, num_classes, from_logits=True, validate_inputs=False
+        )
+        calls["logits validated"] = lambda: fn(logits, labels, num_classes, from_logits=True)
+    times = paired_best(calls)
+    out: dict[str, Any] = {"calls": times}
+    for suffix, key in (("", "best_s"), ("_cpu_time", "best_cpu_s")):
+        best = {name: t[key] for name, t in times.items()}
+        out["validated_over_unvalidated" + suffix] = best["validated"] / best["unvalidated"]
+        if logits is not None:
+            out["logits_over_probabilities" + suffix] = best["logits"] / best["unvalidated"]
+            out["logits_validated_over_unvalidated" + suffix] = (
+                best["logits validated"] / best["logits"]
+            )
+    return out
+
+
 def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> dict[str, Any]:
     """Where LEEP's time goes: its two sweeps and the alternatives, timed apart.
 
@@ -321,6 +397,11 @@ def run(config: harness.Config) -> dict[str, Any]:
                         row["abs_diff_vs_float32_peer"] = abs(
                             row["value"] - peer_values_by_key[key]
                         )
+                    if _is_headline(headline, n, z, y) or (
+                        headline is None and (n, z, y) == (ns[-1], zs[-1], ys[-1])
+                    ):
+                        print(f"[core] {score} {dtype}: validated and logits calls", flush=True)
+                        row["ratios"] = call_ratios(score, values, labels, y)
                     row["peak_rss_mb"] = harness.peak_rss_mb()
                     row["load_average"] = os.getloadavg()[0]
                     if (
@@ -408,6 +489,7 @@ def _summary(rows, headline) -> dict[str, Any]:
         "at": {"n": row["n"], "z": row["z"], "y": row["y"], "dtype": row["dtype"]},
         "targets": {"leep_speedup_vs_numpy": ">= 20", "leep_time_over_two_read_floor": "<= 4"},
     }
+    summary.update(_ratio_summary(rows, row))
     if len(chosen) > 1:
         summary["repeats"] = [
             {
@@ -418,6 +500,59 @@ def _summary(rows, headline) -> dict[str, Any]:
             for r in chosen
         ]
     return summary
+
+
+RATIO_KEYS = {
+    # summary key: (score, dtype, ratio key)
+    "leep_validated_over_unvalidated": ("leep", "float32", "validated_over_unvalidated"),
+    "leep_logits_over_probabilities": ("leep", "float32", "logits_over_probabilities"),
+    "leep_logits_over_probabilities_bfloat16": ("leep", "bfloat16", "logits_over_probabilities"),
+    "leep_logits_validated_over_unvalidated": (
+        "leep",
+        "float32",
+        "logits_validated_over_unvalidated",
+    ),
+    "nce_validated_over_unvalidated": ("nce", "float32", "validated_over_unvalidated"),
+    "h_score_validated_over_unvalidated": ("h_score", "float32", "validated_over_unvalidated"),
+}
+RATIO_TARGETS = {
+    "leep_validated_over_unvalidated": "<= 1.25",
+    "leep_logits_over_probabilities": "<= 1.4",
+    "leep_logits_over_probabilities_bfloat16": "<= 1.4",
+}
+
+
+def _ratio_summary(rows, at) -> dict[str, Any]:
+    """Medians over repeats of the call ratios measured at the headline row's size."""
+    out: dict[str, Any] = {}
+    for key, (score, dtype, ratio) in RATIO_KEYS.items():
+        values = [
+            r["ratios"][ratio]
+            for r in rows
+            if "ratios" in r
+            and ratio in r["ratios"]
+            and (r["score"], r["dtype"], r["n"], r["z"], r["y"])
+            == (score, dtype, at["n"], at["z"], at["y"])
+        ]
+        if values:
+            out[key] = float(np.median(values))
+        values = [
+            r["ratios"][ratio + "_cpu_time"]
+            for r in rows
+            if "ratios" in r
+            and ratio + "_cpu_time" in r["ratios"]
+            and (r["score"], r["dtype"], r["n"], r["z"], r["y"])
+            == (score, dtype, at["n"], at["z"], at["y"])
+        ]
+        if values:
+            out[key + "_cpu_time"] = float(np.median(values))
+    if out:
+        out["ratio_targets"] = {k: v for k, v in RATIO_TARGETS.items() if k in out}
+        out["ratio_note"] = (
+            "best of 5 alternating eager calls each, same process; median over repeats; "
+            "_cpu_time: the same from process CPU time (steadier on a shared CPU)"
+        )
+    return out
 
 
 def _markdown(rows, info, summary, config) -> str:
@@ -493,6 +628,78 @@ def _markdown(rows, info, summary, config) -> str:
             f"(target <= 4).",
             "",
         ]
+    return (
+        "\n".join(lines)
+        + harness.markdown_table(headers, table)
+        + "\n"
+        + _ratio_markdown(rows, summary)
+    )
+
+
+def _ratio_markdown(rows, summary) -> str:
+    """The validated and logits calls: best of 5 alternating eager calls, and ratios."""
+    table = []
+    for r in rows:
+        ratios = r.get("ratios")
+        if not ratios:
+            continue
+        calls = ratios["calls"]
+        table.append(
+            [
+                r["score"],
+                f"{r['n']:,}",
+                r.get("d", r["z"]),
+                r["y"],
+                r["dtype"],
+                calls["unvalidated"]["best_s"] * 1e3,
+                calls["validated"]["best_s"] * 1e3,
+                ratios["validated_over_unvalidated"],
+                calls["logits"]["best_s"] * 1e3 if "logits" in calls else None,
+                ratios.get("logits_over_probabilities"),
+                calls["logits validated"]["best_s"] * 1e3 if "logits" in calls else None,
+                ratios.get("validated_over_unvalidated_cpu_time"),
+                ratios.get("logits_over_probabilities_cpu_time"),
+                r.get("load_average"),
+            ]
+        )
+    if not table:
+        return ""
+    lines = [
+        "",
+        "## Eager calls as documented: value checks on, and LEEP from logits",
+        "",
+        "Each public function called eagerly (no outer `jit`), the calls of one row "
+        "alternating, best of 5 each; `validated` is the default `validate_inputs=True`. "
+        "Measured on a machine that may be shared: the ratios within a row, not the "
+        "absolute times, are the figures of merit (targets: validated / unvalidated "
+        "<= 1.25, logits / probabilities <= 1.4).",
+        "",
+    ]
+    if "leep_validated_over_unvalidated" in summary:
+        lines += [
+            "Summary (median over repeats): LEEP validated / unvalidated "
+            f"{summary['leep_validated_over_unvalidated']:.2f}, logits / probabilities "
+            f"{summary.get('leep_logits_over_probabilities', float('nan')):.2f} (float32), "
+            f"{summary.get('leep_logits_over_probabilities_bfloat16', float('nan')):.2f} "
+            "(bfloat16).",
+            "",
+        ]
+    headers = [
+        "score",
+        "N",
+        "Z (H-score: D)",
+        "Y",
+        "dtype",
+        "unvalidated ms",
+        "validated ms",
+        "validated / unvalidated",
+        "logits ms",
+        "logits / probabilities",
+        "logits validated ms",
+        "validated / unvalidated (CPU time)",
+        "logits / probabilities (CPU time)",
+        "load average",
+    ]
     return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"
 
 
@@ -503,3 +710,51 @@ def _breakdown_markdown(breakdowns) -> str:
         table = [[name, t["median_s"] * 1e3, t.get("compile_s")] for name, t in parts.items()]
         lines.append(harness.markdown_table(["part", "ms (median)", "compile s"], table))
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def ratios_only(config: harness.Config) -> dict[str, Any]:
+    """Only the eager-call ratios, at the headline size: ``python -m benchmarks.core``.
+
+    A few minutes instead of the headline run's quarter hour, for re-measuring the
+    ratios on a quieter machine. Writes ``core_ratios.{json,md}`` and the
+    ``core_ratios`` section of ``summary.json``.
+    """
+    info = harness.machine()
+    n, z, y = HEADLINE["n"], HEADLINE["z"], HEADLINE["y"]
+    if config.mode != "full":
+        n, z, y = 2_000, 64, 20
+    predictions32 = jax.device_put(make_predictions(n, z, seed=n + z))
+    labels = jax.device_put(np.random.default_rng(n + y).integers(0, y, n).astype(np.int32))
+    rows = []
+    for dtype in DTYPES:
+        values = predictions32.astype(DTYPES[dtype])
+        for score in ("leep", "nce"):
+            print(f"[core ratios] {score} {dtype}", flush=True)
+            ratios = call_ratios(score, values, labels, y)
+            rows.append(
+                dict(score=score, n=n, z=z, y=y, dtype=dtype, ratios=ratios)
+                | {"load_average": os.getloadavg()[0]}
+            )
+        del values
+        gc.collect()
+    summary = _ratio_summary(rows, {"n": n, "z": z, "y": y})
+    markdown = "\n".join(
+        [f"# core ratios ({config.mode})", "", f"Machine: {harness.machine_line(info)}.", ""]
+    ) + _ratio_markdown(rows, summary)
+    harness.write_result(
+        config, "core_ratios", {"machine": info, "rows": rows, "summary": summary}, markdown
+    )
+    harness.update_summary(config, "core_ratios", {**summary, "machine": info})
+    return summary
+
+
+if __name__ == "__main__":
+    import sys
+
+    mode = "tiny" if "--tiny" in sys.argv else "full"
+    label = harness.device_label() + ("" if mode == "full" else f"-{mode}")
+    print(
+        ratios_only(
+            harness.Config(mode=mode, out_dir=harness.RESULTS_DIR / label, memory_budget_gb=12.0)
+        )
+    )

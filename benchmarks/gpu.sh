@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# The whole benchmark suite on one GPU (H100 or H200) in at most 6 minutes, offline.
+# The whole benchmark suite on one accelerator (a GPU such as an H100/H200, or a TPU) in
+# at most 6 minutes, offline. The same script runs unchanged on a GPU or a TPU host: jax
+# picks the platform, which the log reports first.
 #
-#   bash benchmarks/gpu.sh            # GPU sizes; results in benchmarks/results/<h100|h200>/
+#   bash benchmarks/gpu.sh            # device sizes; results in benchmarks/results/<device>/
+#                                     # (<device>: h100, h200, tpu-v5-lite, ...)
 #   bash benchmarks/gpu.sh --tiny     # smoke sizes (runs on a CPU-only machine too)
 #
-# Uses only what the GPU machine has (jax with CUDA, flax, optax, orbax, numpy, scipy):
+# Benchmarks that this checkout lacks (`scores`, `sweep`: added by other branches) are
+# skipped with a line in the log; the time limits of those present add up to <= 330 s.
+#
+# Uses only what the accelerator machine has (jax with CUDA, flax, optax, orbax, numpy, scipy):
 # leep-jax is installed with `pip install --no-deps -e .`, or put on PYTHONPATH when the
 # offline install cannot build. FashionMNIST is read from $LEEP_JAX_DATA_DIR, else from a
 # copy of /usr/share/datasets/fashion-mnist carried in benchmarks/.data/fashion-mnist,
@@ -14,7 +20,7 @@
 #   mkdir -p benchmarks/.vendor && cp -r .venv/lib/python3.*/site-packages/tqdm benchmarks/.vendor/
 # Carry both folders: run(..., carry=["benchmarks/.data", "benchmarks/.vendor"]).
 #
-# Each benchmark runs in its own process under its own time limit (they add up to 350 s),
+# Each benchmark runs in its own process under its own time limit (at most 330 s in all),
 # so one that overruns loses only itself; core writes partial results as it goes. If $OUT
 # is set (the device runner's output folder), the results folder is copied there.
 set -uo pipefail
@@ -25,6 +31,7 @@ SUFFIX=""
 if [[ "${1:-}" == "--tiny" ]]; then MODE_ARGS=(--tiny); SUFFIX="-tiny"; shift; fi
 
 # Allocate GPU memory on demand: the suite starts child processes that use the GPU too.
+# (TPU runtimes ignore it.)
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 if [[ -z "${LEEP_JAX_DATA_DIR:-}" && -d benchmarks/.data/fashion-mnist ]]; then
   export LEEP_JAX_DATA_DIR="$PWD/benchmarks/.data"
@@ -46,10 +53,14 @@ LABEL=$("$PY" - 2>"$INVENTORY" <<'EOF'
 import importlib, sys
 import jax
 from benchmarks.harness import device_label
+device = jax.devices()[0]
+print(f"platform: {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
+      f"device(s))", file=sys.stderr)
 print(f"jax {jax.__version__}, devices {jax.devices()}", file=sys.stderr)
 print(f"default matmul precision: {jax.config.jax_default_matmul_precision} (None = backend "
-      "default: TF32 for float32 matmuls and convolutions on NVIDIA GPUs since Ampere; "
-      "H-score asks for Precision.HIGHEST, LEEP and NCE use no matmul)", file=sys.stderr)
+      "default: TF32 for float32 matmuls and convolutions on NVIDIA GPUs since Ampere, "
+      "bfloat16 passes on TPUs; H-score asks for Precision.HIGHEST, LEEP and NCE use no "
+      "matmul)", file=sys.stderr)
 for name in ("flax", "optax", "orbax.checkpoint", "numpy", "scipy", "tqdm", "sklearn"):
     try:
         module = importlib.import_module(name)
@@ -65,10 +76,16 @@ LOG="$RESULTS/gpu-run.log"
 { echo "gpu.sh $(date -u +%FT%TZ): results in $RESULTS"; cat "$INVENTORY"; } | tee "$LOG"
 rm -f "$INVENTORY"
 
+# The benchmarks this checkout has (benchmarks.BENCHMARKS), each with its time limit.
+AVAILABLE=" $("$PY" -c 'from benchmarks import BENCHMARKS; print(" ".join(BENCHMARKS))') "
 status=0
-for entry in core:140 score_vs_finetune:75 zoo:45 devices:40 memory:50; do
+for entry in core:110 scores:35 sweep:35 score_vs_finetune:55 zoo:30 devices:30 memory:35; do
   name=${entry%%:*}
   limit=${entry##*:}
+  if [[ "$AVAILABLE" != *" $name "* ]]; then
+    echo "gpu.sh: no '$name' benchmark in this checkout; skipped" | tee -a "$LOG"
+    continue
+  fi
   [[ -n "$SUFFIX" ]] && limit=600  # smoke sizes on any machine: no GPU time limits
   start=$(date +%s)
   timeout --signal=INT --kill-after=10 "$limit" \

@@ -4,6 +4,13 @@ Shape checks always run (shapes are static, even under ``jit``). Value checks (l
 range, NaN/Inf, probability rows) need concrete arrays: they run on eager calls with
 ``validate=True`` and are skipped under tracing, where the scores instead treat
 out-of-range labels like masked rows.
+
+Value checks are two-stage. The fast stage reduces the inputs to a few flags
+(:func:`row_checks` per row, :func:`reduce_checks` over rows), either inside the score's
+own jitted sweeps (LEEP, NCE, H-score: no extra read of the inputs) or in one fused sweep
+of its own (:func:`check_values`). Only when a flag says something may be wrong does the
+detailed stage (:func:`_value_stats`) run to find the first bad row and raise; a flag
+can be a false alarm (a row sum overflowing float32), which the detailed stage clears.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
+
+from leep_jax.scores import _ops
 
 PROBABILITY_ATOL = 1e-3
 
@@ -77,6 +86,114 @@ def check_shapes(name: str, values: ArrayLike, labels: ArrayLike, mask: ArrayLik
             raise ValueError(f"mask must be boolean, got dtype {jnp.result_type(mask)}")
 
 
+def probability_tolerance(dtype) -> float:
+    """How far a probability row's sum may be from 1: 1e-3, or the dtype's epsilon."""
+    # bfloat16 rounds each probability by up to 2**-8 relative: allow its epsilon.
+    return max(PROBABILITY_ATOL, float(jnp.finfo(jnp.result_type(dtype)).eps))
+
+
+def row_checks(row: jax.Array, *, probabilities: bool) -> dict[str, jax.Array]:
+    """Per-row statistics of a widened ``[k]`` row for the fast value checks.
+
+    The row's sum is non-finite whenever one of its values is (or, rarely, when finite
+    values overflow: a false alarm the detailed checks clear); probability rows also
+    need their sum near 1 and their minimum.
+    """
+    stats = {"sum": jnp.sum(row)}
+    if probabilities:
+        stats["min"] = jnp.min(row)
+    return stats
+
+
+def reduce_checks(
+    row_stats: dict[str, jax.Array],
+    labels: jax.Array,
+    num_target_classes: int,
+    mask: jax.Array | None,
+    *,
+    probabilities: bool,
+) -> dict[str, jax.Array]:
+    """A few scalar flags from :func:`row_checks` of every row (``[n]`` leaves).
+
+    Traceable; meant to run inside the score's jitted program. Rows dropped by ``mask``
+    are ignored, as by :func:`check_values`.
+    """
+    valid = jnp.ones(labels.shape, bool) if mask is None else mask
+    in_range = (labels >= 0) & (labels < num_target_classes)
+    flags = {
+        "num_valid": jnp.sum(valid),
+        "all_finite": jnp.all(jnp.where(valid, jnp.isfinite(row_stats["sum"]), True)),
+        "labels_in_range": jnp.all(jnp.where(valid, in_range, True)),
+    }
+    if probabilities:
+        flags["row_error"] = jnp.max(jnp.where(valid, jnp.abs(row_stats["sum"] - 1), 0))
+        flags["min_value"] = jnp.min(jnp.where(valid, row_stats["min"], 0))
+    return flags
+
+
+def reduce_column_checks(
+    column_sums: jax.Array,
+    labels: jax.Array,
+    num_target_classes: int,
+    mask: jax.Array | None,
+) -> dict[str, jax.Array]:
+    """Flags for non-probability values from their column sums over the counted rows.
+
+    A column sum is non-finite whenever a counted value is (or finite values overflow:
+    a false alarm). The counted rows (labels in range and ``mask``) are the masked rows
+    unless a label is out of range, which raises its own flag.
+    """
+    valid = jnp.ones(labels.shape, bool) if mask is None else mask
+    in_range = (labels >= 0) & (labels < num_target_classes)
+    return {
+        "num_valid": jnp.sum(valid),
+        "all_finite": jnp.all(jnp.isfinite(column_sums)),
+        "labels_in_range": jnp.all(jnp.where(valid, in_range, True)),
+    }
+
+
+def flags_ok(flags: dict, dtype) -> bool:
+    """Whether fetched flags (host values) show nothing wrong."""
+    ok = int(flags["num_valid"]) > 0 and bool(flags["labels_in_range"])
+    ok = ok and bool(flags["all_finite"])
+    if "row_error" in flags:
+        ok = ok and float(flags["min_value"]) >= 0
+        ok = ok and float(flags["row_error"]) <= probability_tolerance(dtype)
+    return ok
+
+
+def raise_if_flagged(
+    flags: dict,
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    mask: ArrayLike | None,
+    *,
+    probabilities: bool,
+) -> None:
+    """Fetches the flags; if any is raised, runs the detailed checks, which raise.
+
+    ``flags`` may hold extra entries (e.g. from several inputs); the detailed checks
+    run on ``values`` only.
+    """
+    if not flags_ok(jax.device_get(flags), jnp.result_type(values)):
+        _check_values_in_detail(
+            name, values, labels, num_target_classes, mask, probabilities=probabilities
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "probabilities"))
+def _value_flags(values, labels, mask, num_target_classes: int, probabilities: bool):
+    """The fast stage on its own: one fused sweep over ``values``."""
+    row_stats = _ops.map_rows(
+        functools.partial(row_checks, probabilities=probabilities),
+        values,
+        accumulation_dtype(values.dtype),
+    )
+    return reduce_checks(row_stats, labels, num_target_classes, mask, probabilities=probabilities)
+
+
 @functools.partial(jax.jit, static_argnames=("probabilities",))
 def _value_stats(values, labels, mask, probabilities: bool):
     valid = jnp.ones(labels.shape, bool) if mask is None else mask
@@ -109,11 +226,40 @@ def check_values(
 ) -> None:
     """Raises ValueError for NaN/Inf, labels out of range and invalid probability rows.
 
-    Runs one small jitted reduction on device and fetches a handful of scalars, so it is
-    cheap next to the score itself.
+    Runs one fused jitted sweep on device (block by block on CPU) and fetches a handful
+    of flags; only if one is raised does a second program find the first bad row. The
+    scores themselves compute these flags inside their own sweeps instead.
     """
     if isinstance(labels, np.ndarray):
         check_label_range(labels, num_target_classes)
+    _check_values_fast(
+        name,
+        jnp.asarray(values),
+        jnp.asarray(labels),
+        num_target_classes,
+        None if mask is None else jnp.asarray(mask),
+        probabilities=probabilities,
+    )
+
+
+def _check_values_fast(name, values, labels, num_target_classes, mask, *, probabilities):
+    """Both stages on device arrays, the host label check done."""
+    flags = _value_flags(values, labels, mask, num_target_classes, probabilities)
+    raise_if_flagged(
+        flags, name, values, labels, num_target_classes, mask, probabilities=probabilities
+    )
+
+
+def _check_values_in_detail(
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes: int,
+    mask: ArrayLike | None,
+    *,
+    probabilities: bool,
+) -> None:
+    """The detailed stage: finds the first bad row and raises the ValueError naming it."""
     stats = jax.device_get(_value_stats(values, labels, mask, probabilities))
     if int(stats["num_valid"]) == 0:
         raise ValueError("mask excludes every example; a score needs at least one")
@@ -131,14 +277,40 @@ def check_values(
                 f"{name} contain negative probabilities (min {float(stats['min_value']):.3g}); "
                 "pass from_logits=True for logits"
             )
-        # bfloat16 rounds each probability by up to 2**-8 relative: allow its epsilon.
-        tolerance = max(PROBABILITY_ATOL, float(jnp.finfo(jnp.result_type(values)).eps))
+        tolerance = probability_tolerance(jnp.result_type(values))
         if float(stats["row_error"]) > tolerance:
             raise ValueError(
                 f"{name} rows must sum to 1 (tolerance {tolerance:.3g}); row "
                 f"{int(stats['worst_row'])} is off by {float(stats['row_error']):.3g}; "
                 "pass from_logits=True for logits"
             )
+
+
+def prepare(
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes,
+    mask: ArrayLike | None,
+    *,
+    check: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, int, bool]:
+    """Shape checks and host label checks; the value checks are left to the score.
+
+    For scores that compute :func:`reduce_checks` flags inside their own jitted program
+    and pass them to :func:`raise_if_flagged` afterwards.
+
+    Returns:
+      ``(values, labels, mask, num_target_classes, check_values)``: JAX arrays, a Python
+      int, and whether the value checks apply (``check`` and concrete inputs).
+    """
+    num_target_classes = check_num_classes(num_target_classes)
+    check_shapes(name, values, labels, mask)
+    check = bool(check) and is_concrete(values, labels, mask)
+    if check and isinstance(labels, np.ndarray):
+        check_label_range(labels, num_target_classes)
+    mask = None if mask is None else jnp.asarray(mask)
+    return jnp.asarray(values), jnp.asarray(labels), mask, num_target_classes, check
 
 
 def validate(
@@ -157,9 +329,11 @@ def validate(
       ``(values, labels, mask, num_target_classes)`` as JAX arrays and a Python int,
       ready for the jitted implementations.
     """
-    num_target_classes = check_num_classes(num_target_classes)
-    check_shapes(name, values, labels, mask)
-    if check and is_concrete(values, labels, mask):
-        check_values(name, values, labels, num_target_classes, mask, probabilities=probabilities)
-    mask = None if mask is None else jnp.asarray(mask)
-    return jnp.asarray(values), jnp.asarray(labels), mask, num_target_classes
+    values, labels, mask, num_target_classes, check = prepare(
+        name, values, labels, num_target_classes, mask, check=check
+    )
+    if check:
+        _check_values_fast(
+            name, values, labels, num_target_classes, mask, probabilities=probabilities
+        )
+    return values, labels, mask, num_target_classes

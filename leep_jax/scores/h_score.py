@@ -10,7 +10,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores._validation import (
+    accumulation_dtype,
+    prepare,
+    raise_if_flagged,
+    reduce_column_checks,
+)
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -91,15 +96,18 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
     return jnp.sum(inverse * projected)
 
 
-@functools.partial(jax.jit, static_argnames=("num_target_classes",))
-def _h_score(features, labels, mask, num_target_classes):
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "check"))
+def _h_score(features, labels, mask, num_target_classes, check=False):
+    """H-score; with ``check`` also the value-check flags, from the mean's own sweep."""
     valid = _ops.valid_rows(labels, num_target_classes, mask)
     dtype = accumulation_dtype(features.dtype)
-    mean = jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0) / jnp.sum(
-        valid, dtype=dtype
-    )
+    total = jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0)
+    mean = total / jnp.sum(valid, dtype=dtype)
     sums = h_score_sums(features, labels, num_target_classes, mask=mask, shift=mean)
-    return h_score_from_sums(sums)
+    if not check:
+        return h_score_from_sums(sums)
+    flags = reduce_column_checks(total, labels, num_target_classes, mask)
+    return h_score_from_sums(sums), flags
 
 
 def h_score(
@@ -130,13 +138,13 @@ def h_score(
     Raises:
       ValueError: on invalid inputs, as :func:`leep_jax.leep`.
     """
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
+    features, labels, mask, num_target_classes, check = prepare(
+        "features", features, labels, num_target_classes, mask, check=validate_inputs
     )
-    return _h_score(*arrays)
+    if not check:
+        return _h_score(features, labels, mask, num_target_classes)
+    score, flags = _h_score(features, labels, mask, num_target_classes, check=True)
+    raise_if_flagged(
+        flags, "features", features, labels, num_target_classes, mask, probabilities=False
+    )
+    return score

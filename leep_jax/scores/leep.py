@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores._validation import (
+    accumulation_dtype,
+    prepare,
+    raise_if_flagged,
+    reduce_checks,
+    row_checks,
+)
 from leep_jax.scores.joint import conditional, joint_sum
 
 
@@ -19,9 +25,26 @@ def _log_dot(conditional_row, probability_row):
     return jnp.log(jnp.sum(conditional_row * probability_row.astype(conditional_row.dtype)))
 
 
-def _log_dot_from_logits(log_conditional_row, logit_row):
-    logit_row = logit_row.astype(log_conditional_row.dtype)
-    return jax.nn.logsumexp(log_conditional_row + logit_row) - jax.nn.logsumexp(logit_row)
+def _log_dot_softmax(conditional_row, logit_row, shift, log_total):
+    """``log sum_z P(y|z) softmax(l)_z`` given ``shift = max(l)``, ``log_total = log s``.
+
+    ``softmax(l)_z = exp(l_z - shift) / s`` with ``s = sum_z exp(l_z - shift)``. Exact
+    for logits of any magnitude: ``l_z - shift <= 0`` is exact near the maximum and
+    cannot overflow, and the row's own argmax ``z*`` keeps the sum from underflowing
+    (``exp(0) = 1`` and ``P(y_i | z*) > 0``, since row ``i`` itself adds to the joint).
+    One exponential per element, against two logsumexps (two maxima, two exponentials).
+    """
+    logit_row = logit_row.astype(conditional_row.dtype)
+    return jnp.log(jnp.sum(conditional_row * jnp.exp(logit_row - shift))) - log_total
+
+
+def _log_dot_from_logits(conditional_row, logit_row):
+    """:func:`_log_dot_softmax` with the row's normaliser computed here (streaming)."""
+    logit_row = logit_row.astype(conditional_row.dtype)
+    shift = jnp.max(logit_row)
+    shift = jnp.where(jnp.isfinite(shift), shift, 0)
+    exps = jnp.exp(logit_row - shift)
+    return jnp.log(jnp.sum(conditional_row * exps)) - jnp.log(jnp.sum(exps))
 
 
 def log_eep(
@@ -33,9 +56,9 @@ def log_eep(
 ) -> jax.Array:
     """Per-example ``log sum_z P(y_i | z) theta_iz``, ``f32[n]``; no masking.
 
-    With logits this is ``logsumexp_z(log P(y_i|z) + log_softmax(l_i)_z)``, exact for
-    logits of any magnitude. Rows whose label is out of range get a meaningless value:
-    callers mask them.
+    With logits this is ``log sum_z P(y_i|z) exp(l_iz - m_i) - log sum_z exp(l_iz - m_i)``
+    with ``m_i = max_z l_iz``, exact for logits of any magnitude. Rows whose label is
+    out of range get a meaningless value: callers mask them.
 
     Args:
       predictions: ``[n, Z]`` probabilities or logits.
@@ -46,8 +69,7 @@ def log_eep(
     """
     table = conditional_table.astype(accumulation_dtype(predictions.dtype))
     if from_logits:
-        log_table = jnp.where(table > 0, jnp.log(jnp.where(table > 0, table, 1)), -jnp.inf)
-        return _ops.per_row(_log_dot_from_logits, log_table, predictions, labels)
+        return _ops.per_row(_log_dot_from_logits, table, predictions, labels)
     return _ops.per_row(_log_dot, table, predictions, labels)
 
 
@@ -57,14 +79,39 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     return total / jnp.sum(valid, dtype=total.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits"))
-def _leep(predictions, labels, mask, num_target_classes, from_logits):
-    table, _ = joint_sum(
-        predictions, labels, num_target_classes, from_logits=from_logits, mask=mask
-    )
-    per_example = log_eep(predictions, labels, conditional(table), from_logits=from_logits)
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits", "check"))
+def _leep(predictions, labels, mask, num_target_classes, from_logits, check=False):
+    """LEEP, and with ``check`` also the value-check flags, from the same two sweeps.
+
+    Sweep 1 sums the joint; for logits it also keeps each row's softmax normaliser
+    (max and log-sum, ``f32[n]`` each), so that sweep 2 needs one exponential per
+    element and no max. Sweep 2 forms the per-example
+    term and, with ``check``, each row's sum (and minimum): no extra read of the input.
+    """
+    dtype = accumulation_dtype(predictions.dtype)
     valid = _ops.valid_rows(labels, num_target_classes, mask)
-    return masked_mean(per_example, valid)
+    shape = (num_target_classes, predictions.shape[-1])
+    if from_logits:
+        table, *extras = _ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
+    else:
+        table, _ = joint_sum(predictions, labels, num_target_classes, mask=mask)
+        extras = ()
+    term = _log_dot_softmax if from_logits else _log_dot
+
+    def row_fn(conditional_row, row, *extra):
+        value = term(conditional_row, row, *extra)
+        if not check:
+            return value
+        return value, row_checks(row, probabilities=not from_logits)
+
+    out = _ops.per_row(row_fn, conditional(table).astype(dtype), predictions, labels, *extras)
+    if not check:
+        return masked_mean(out, valid)
+    per_example, row_stats = out
+    flags = reduce_checks(
+        row_stats, labels, num_target_classes, mask, probabilities=not from_logits
+    )
+    return masked_mean(per_example, valid), flags
 
 
 def leep(
@@ -113,13 +160,19 @@ def leep(
       >>> round(float(leep_jax.leep(probs, labels, num_target_classes=2)), 4)
       -0.3652
     """
-    arrays = validate(
+    predictions, labels, mask, num_target_classes, check = prepare(
+        "predictions", predictions, labels, num_target_classes, mask, check=validate_inputs
+    )
+    if not check:
+        return _leep(predictions, labels, mask, num_target_classes, from_logits)
+    score, flags = _leep(predictions, labels, mask, num_target_classes, from_logits, check=True)
+    raise_if_flagged(
+        flags,
         "predictions",
         predictions,
         labels,
         num_target_classes,
         mask,
         probabilities=not from_logits,
-        check=validate_inputs,
     )
-    return _leep(*arrays, from_logits)
+    return score

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.typing import ArrayLike
 
@@ -14,10 +15,14 @@ from leep_jax import streaming
 from leep_jax.scores import _ops
 from leep_jax.scores._validation import (
     accumulation_dtype,
+    check_label_range,
     check_num_classes,
     check_shapes,
-    check_values,
     is_concrete,
+    raise_if_flagged,
+    reduce_checks,
+    reduce_column_checks,
+    row_checks,
 )
 from leep_jax.sharding.mesh import AxisName, axis_names_of, axis_size, data_mesh
 from leep_jax.sharding.padding import pad_to_multiple
@@ -25,8 +30,66 @@ from leep_jax.sharding.padding import pad_to_multiple
 METRICS = ("leep", "nce", "h_score")
 
 
-def _shard_scores(
+# How each value-check flag merges over shards.
+_MERGE_FLAGS = {
+    "num_valid": jax.lax.psum,
+    "all_finite": jax.lax.pmin,
+    "labels_in_range": jax.lax.pmin,
+    "row_error": jax.lax.pmax,
+    "min_value": jax.lax.pmin,
+}
+
+
+def _merge_flags(flags, axis):
+    return {
+        name: _MERGE_FLAGS[name](
+            value.astype(jnp.int32) if value.dtype == jnp.bool_ else value, axis
+        )
+        for name, value in flags.items()
+    }
+
+
+def _shard_flags(
     predictions, labels, features, mask, *, num_target_classes, from_logits, metrics, axis
+):
+    """The value-check flags of the whole mesh: one fused sweep over this shard's rows.
+
+    Padding rows are masked, so they never raise a flag. Features are checked from
+    their column sums, merged over shards.
+    """
+    dtype = accumulation_dtype(predictions.dtype)
+    row_stats = _ops.map_rows(
+        functools.partial(row_checks, probabilities=not from_logits), predictions, dtype
+    )
+    flags = {
+        "predictions": _merge_flags(
+            reduce_checks(
+                row_stats, labels, num_target_classes, mask, probabilities=not from_logits
+            ),
+            axis,
+        )
+    }
+    if features is not None:
+        valid = _ops.valid_rows(labels, num_target_classes, mask)
+        feature_dtype = accumulation_dtype(features.dtype)
+        total = jnp.sum(jnp.where(valid[:, None], features.astype(feature_dtype), 0), axis=0)
+        flags["features"] = _merge_flags(
+            reduce_column_checks(total, labels, num_target_classes, mask), axis
+        )
+        flags["features"]["all_finite"] = jnp.all(jnp.isfinite(jax.lax.psum(total, axis)))
+    return flags
+
+
+def _shard_scores(
+    predictions,
+    labels,
+    features,
+    mask,
+    *,
+    num_target_classes,
+    from_logits,
+    metrics,
+    axis,
 ):
     """Runs on one shard of the examples; every result is psum'd, hence replicated."""
     num_source_classes = predictions.shape[-1]
@@ -64,11 +127,7 @@ def _shard_scores(
     return scores
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("num_target_classes", "from_logits", "metrics", "mesh", "axis_name"),
-)
-def _sharded_scores(
+def _sharded_scores_impl(
     predictions,
     labels,
     features,
@@ -79,6 +138,7 @@ def _sharded_scores(
     metrics,
     mesh,
     axis_name,
+    check,
 ):
     shards = axis_size(mesh, axis_name)
     predictions, padding_mask = pad_to_multiple(predictions, shards)
@@ -95,7 +155,7 @@ def _sharded_scores(
         arrays = tuple(jax.sharding.reshard(a, NamedSharding(mesh, spec)) for a in arrays)
 
     def per_shard(predictions, labels, mask, features=None):
-        return _shard_scores(
+        return (_shard_flags if check else _shard_scores)(
             predictions,
             labels,
             features,
@@ -107,6 +167,18 @@ def _sharded_scores(
         )
 
     return jax.shard_map(per_shard, mesh=mesh, in_specs=spec, out_specs=jax.P())(*arrays)
+
+
+_STATIC = ("num_target_classes", "from_logits", "metrics", "mesh", "axis_name")
+# Two jitted programs, each compiled once per shapes and options: the scores, and the
+# value-check flags (one fused sweep per shard, merged over the mesh), which validated
+# calls dispatch next to the scores. The scores' program is the same either way.
+_sharded_scores = jax.jit(
+    functools.partial(_sharded_scores_impl, check=False), static_argnames=_STATIC
+)
+_sharded_flags = jax.jit(
+    functools.partial(_sharded_scores_impl, check=True), static_argnames=_STATIC
+)
 
 
 def _check_metrics(metrics) -> tuple[str, ...]:
@@ -204,31 +276,44 @@ def sharded_scores(
     else:
         features = None
     mesh = data_mesh(mesh, axis_name)
-    if (
+    check = (
         validate_inputs
         and is_concrete(predictions, labels, features, mask)
         and _addressable(predictions, labels, features, mask)
-    ):
-        check_values(
-            "predictions",
-            predictions,
-            labels,
-            num_target_classes,
-            mask,
-            probabilities=not from_logits,
-        )
-        if features is not None:
-            check_values(
-                "features", features, labels, num_target_classes, mask, probabilities=False
-            )
-    return _sharded_scores(
-        jnp.asarray(predictions),
-        jnp.asarray(labels),
-        None if features is None else jnp.asarray(features),
-        None if mask is None else jnp.asarray(mask),
+    )
+    if check and isinstance(labels, np.ndarray):
+        check_label_range(labels, num_target_classes)
+    predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+    features = None if features is None else jnp.asarray(features)
+    mask = None if mask is None else jnp.asarray(mask)
+    kwargs = dict(
         num_target_classes=num_target_classes,
         from_logits=from_logits,
         metrics=metrics,
         mesh=mesh,
         axis_name=axis_name if isinstance(axis_name, str) else tuple(axis_name),
     )
+    if not check:
+        return _sharded_scores(predictions, labels, features, mask, **kwargs)
+    flags = _sharded_flags(predictions, labels, features, mask, **kwargs)
+    scores = _sharded_scores(predictions, labels, features, mask, **kwargs)
+    raise_if_flagged(
+        flags["predictions"],
+        "predictions",
+        predictions,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=not from_logits,
+    )
+    if features is not None:
+        raise_if_flagged(
+            flags["features"],
+            "features",
+            features,
+            labels,
+            num_target_classes,
+            mask,
+            probabilities=False,
+        )
+    return scores
