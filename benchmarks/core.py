@@ -256,7 +256,7 @@ def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> di
     block for bfloat16), the per-example term as the CPU block loop and as one gather, a
     plain cast to float32 (what the loops avoid), and the two-read floor.
     """
-    from leep_jax.scores import _ops
+    from leep_jax.scores import ops
     from leep_jax.scores.joint import conditional, joint_sum
     from leep_jax.scores.leep import _log_dot
 
@@ -266,10 +266,10 @@ def breakdown(predictions: jax.Array, labels: jax.Array, num_classes: int) -> di
         "leep": _score_fn("leep", num_classes),
         "joint (scatter-add)": lambda p, y, t: joint_sum(p, y, num_classes)[0],
         # Both take the predictions as they are: the block loop widens block by block.
-        "per-example term, block loop (CPU path)": lambda p, y, t: _ops._per_row_loop(
+        "per-example term, block loop (CPU path)": lambda p, y, t: ops.per_row_loop(
             _log_dot, t, p, y
         ),
-        "per-example term, one gather": lambda p, y, t: _ops._per_row_gather(_log_dot, t, p, y),
+        "per-example term, one gather": lambda p, y, t: ops._per_row_gather(_log_dot, t, p, y),
     }
     if predictions.dtype != accumulate:
         parts[f"cast to {jnp.dtype(accumulate).name}"] = lambda p, y, t: p.astype(accumulate)

@@ -7,7 +7,7 @@ import pytest
 import reference as ref
 
 import leep_jax
-from leep_jax.scores import _validation
+from leep_jax.scores import validation
 from leep_jax.sharding import sharded_scores
 
 Y = 3
@@ -97,25 +97,25 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # The standalone check too: finite values pass however large their sums.
     features = np.full((6, 3), 2e38, np.float32)
-    _validation.check_values("features", features, labels, 2, None, probabilities=False)
+    validation.check_values("features", features, labels, 2, None, probabilities=False)
     with pytest.raises(ValueError, match=r"first in row 5"):
-        _validation.check_values(
+        validation.check_values(
             "features", _with(features, 5, 0, np.inf), labels, 2, None, probabilities=False
         )
 
 
 def test_check_values_and_validate_keep_their_contract():
-    _validation.check_values("predictions", PROBS, LABELS, Y, None, probabilities=True)
+    validation.check_values("predictions", PROBS, LABELS, Y, None, probabilities=True)
     with pytest.raises(ValueError, match=r"first in row 8"):
-        _validation.check_values(
+        validation.check_values(
             "predictions", _with(PROBS, 8, 0, np.nan), LABELS, Y, None, probabilities=True
         )
-    values, labels, mask, classes = _validation.validate(
+    values, labels, mask, classes = validation.validate(
         "predictions", PROBS, LABELS, Y, None, probabilities=True, check=True
     )
     assert isinstance(values, jax.Array) and mask is None and classes == Y
     with pytest.raises(ValueError, match="rows must sum to 1"):
-        _validation.validate(
+        validation.validate(
             "predictions", PROBS * 2, LABELS, Y, None, probabilities=True, check=True
         )
 

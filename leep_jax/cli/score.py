@@ -19,13 +19,13 @@ import numpy as np
 import tqdm
 
 from leep_jax.cli.errors import CLIError
-from leep_jax.scores._validation import check_shapes
 from leep_jax.scores.names import (
     DEFAULT_SCORES,
     FEATURE_SCORES,
     PREDICTION_SCORES,
     SCORE_NAMES,
 )
+from leep_jax.scores.validation import check_shapes
 from leep_jax.streaming import engine, sources
 
 _FLOAT_DTYPES = (np.float16, np.float32, np.float64)

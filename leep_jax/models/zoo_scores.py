@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leep_jax.scores._validation import check_label_range, check_num_classes
 from leep_jax.scores.names import DEFAULT_SCORES, check_score_names
+from leep_jax.scores.validation import check_label_range, check_num_classes
 from leep_jax.streaming import engine, sources
 from leep_jax.streaming.score_model import ModuleForward
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype
+from leep_jax.scores import ops
+from leep_jax.scores.validation import accumulation_dtype
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -46,7 +46,7 @@ def gram(rows: jax.Array, other: jax.Array | None = None) -> jax.Array:
         rows,
         other,
         precision=HIGHEST,
-        out_sharding=_ops._replicated_out_sharding(rows),
+        out_sharding=ops.replicated_out_sharding(rows),
     )
 
 
@@ -54,8 +54,8 @@ def class_sums(
     rows: jax.Array, labels: jax.Array, valid: jax.Array, num_target_classes: int
 ) -> tuple[jax.Array, jax.Array]:
     """Per-class sums ``[C, D]`` of ``rows`` and per-class counts ``[C]``."""
-    sums = _ops.row_sum_into((num_target_classes, rows.shape[-1]), rows, labels, valid)
-    counts = _ops.row_sum_into(
+    sums = ops.row_sum_into((num_target_classes, rows.shape[-1]), rows, labels, valid)
+    counts = ops.row_sum_into(
         (num_target_classes,), jnp.ones(labels.shape, rows.dtype), labels, valid
     )
     return sums, counts

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import validate
+from leep_jax.scores import ops
 from leep_jax.scores.feature_sums import class_sums, shifted_rows, valid_mean
+from leep_jax.scores.validation import validate
 
 GAUSSIAN_TYPES = ("spherical", "diagonal")
 VARIANCE_FLOOR = 1e-4
@@ -34,7 +34,7 @@ def gbc_sums(
     shift: jax.Array | None = None,
 ) -> GBCSums:
     """Per-class sums of ``x = f - shift`` and ``x^2``; sums over any split add up."""
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     rows = shifted_rows(features, valid, shift)
     sums, counts = class_sums(rows, labels, valid, num_target_classes)
     squares, _ = class_sums(rows * rows, labels, valid, num_target_classes)
@@ -72,7 +72,7 @@ def gbc_from_sums(sums: GBCSums, gaussian_type: str) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "gaussian_type"))
 def _gbc(features, labels, mask, num_target_classes, gaussian_type):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     shift = valid_mean(features, valid)
     sums = gbc_sums(features, labels, num_target_classes, mask=mask, shift=shift)
     return gbc_from_sums(sums, gaussian_type)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import (
+from leep_jax.scores import ops
+from leep_jax.scores.validation import (
     accumulation_dtype,
     prepare,
     raise_if_flagged,
@@ -45,7 +45,7 @@ def h_score_sums(
     score); the in-memory :func:`h_score` uses the mean itself.
     """
     dtype = accumulation_dtype(features.dtype)
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     features = features.astype(dtype)
     if shift is not None:
         features = features - shift.astype(dtype)[None, :]
@@ -55,16 +55,16 @@ def h_score_sums(
         centered,
         centered,
         precision=_HIGHEST,
-        out_sharding=_ops._replicated_out_sharding(centered),
+        out_sharding=ops.replicated_out_sharding(centered),
     )
     return HScoreSums(
         count=jnp.sum(valid, dtype=dtype),
         feature_sum=jnp.sum(centered, axis=0),
         outer_sum=outer,
-        class_sum=_ops.row_sum_into(
+        class_sum=ops.row_sum_into(
             (num_target_classes, features.shape[-1]), centered, labels, valid
         ),
-        class_count=_ops.row_sum_into(
+        class_count=ops.row_sum_into(
             (num_target_classes,), jnp.ones_like(labels, dtype), labels, valid
         ),
     )
@@ -99,7 +99,7 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "check"))
 def _h_score(features, labels, mask, num_target_classes, check=False):
     """H-score; with ``check`` also the value-check flags, from the mean's own sweep."""
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     dtype = accumulation_dtype(features.dtype)
     total = jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0)
     mean = total / jnp.sum(valid, dtype=dtype)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores import ops
+from leep_jax.scores.validation import accumulation_dtype, validate
 
 
 def joint_sum(
@@ -37,8 +37,8 @@ def joint_sum(
       ``(joint_sum f32[Y, Z], count f32[])``.
     """
     dtype = accumulation_dtype(predictions.dtype)
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
-    table = _ops.row_sum_into(
+    valid = ops.valid_rows(labels, num_target_classes, mask)
+    table = ops.row_sum_into(
         (num_target_classes, predictions.shape[-1]),
         predictions,
         labels,

@@ -8,15 +8,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import (
+from leep_jax.scores import ops
+from leep_jax.scores.joint import conditional, joint_sum
+from leep_jax.scores.validation import (
     accumulation_dtype,
     prepare,
     raise_if_flagged,
     reduce_checks,
     row_checks,
 )
-from leep_jax.scores.joint import conditional, joint_sum
 
 
 # The row functions widen each row themselves: widening the whole [n, Z] array first
@@ -69,8 +69,8 @@ def log_eep(
     """
     table = conditional_table.astype(accumulation_dtype(predictions.dtype))
     if from_logits:
-        return _ops.per_row(_log_dot_from_logits, table, predictions, labels)
-    return _ops.per_row(_log_dot, table, predictions, labels)
+        return ops.per_row(_log_dot_from_logits, table, predictions, labels)
+    return ops.per_row(_log_dot, table, predictions, labels)
 
 
 def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
@@ -89,10 +89,10 @@ def _leep(predictions, labels, mask, num_target_classes, from_logits, check=Fals
     term and, with ``check``, each row's sum (and minimum): no extra read of the input.
     """
     dtype = accumulation_dtype(predictions.dtype)
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     shape = (num_target_classes, predictions.shape[-1])
     if from_logits:
-        table, *extras = _ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
+        table, *extras = ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
     else:
         table, _ = joint_sum(predictions, labels, num_target_classes, mask=mask)
         extras = ()
@@ -104,7 +104,7 @@ def _leep(predictions, labels, mask, num_target_classes, from_logits, check=Fals
             return value
         return value, row_checks(row, probabilities=not from_logits)
 
-    out = _ops.per_row(row_fn, conditional(table).astype(dtype), predictions, labels, *extras)
+    out = ops.per_row(row_fn, conditional(table).astype(dtype), predictions, labels, *extras)
     if not check:
         return masked_mean(out, valid)
     per_example, row_stats = out

@@ -11,8 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import is_concrete, validate
+from leep_jax.scores import ops
 from leep_jax.scores.feature_sums import (
     HIGHEST,
     class_sums,
@@ -21,6 +20,7 @@ from leep_jax.scores.feature_sums import (
     symmetric,
     valid_mean,
 )
+from leep_jax.scores.validation import is_concrete, validate
 
 # Stopping rule of the fixed point from (alpha, beta) = (1, 1): stop once t = alpha / beta
 # moves by <= 1e-5 relative, after at most 50 updates. The peers stop much earlier
@@ -56,7 +56,7 @@ def logme_sums(
     shift: jax.Array | None = None,
 ) -> LogMESums:
     """Sums of ``f - shift`` for classification: the targets are one-hot labels."""
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     rows = shifted_rows(features, valid, shift)
     sums, counts = class_sums(rows, labels, valid, num_target_classes)
     return LogMESums(
@@ -200,7 +200,7 @@ def logme_from_sums(sums: LogMESums, shift: jax.Array | None, present: jax.Array
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes",))
 def _logme(features, labels, mask, num_target_classes):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     shift = valid_mean(features, valid)
     sums = logme_sums(features, labels, num_target_classes, mask=mask, shift=shift)
     return logme_from_sums(sums, shift, sums.target_sum > 0)

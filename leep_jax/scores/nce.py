@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import (
+from leep_jax.scores import ops
+from leep_jax.scores.validation import (
     accumulation_dtype,
     prepare,
     raise_if_flagged,
@@ -36,8 +36,8 @@ def nce_counts(
 
 def _counts_of(hard, labels, num_target_classes, num_source_classes, mask):
     """Counts ``f32[Y, Z]`` of (label, hard source class) pairs over the counted rows."""
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
-    flat = _ops.row_sum_into(
+    valid = ops.valid_rows(labels, num_target_classes, mask)
+    flat = ops.row_sum_into(
         (num_target_classes * num_source_classes,),
         jnp.ones_like(labels, jnp.float32),  # sharded like the labels
         labels * num_source_classes + hard,
@@ -76,7 +76,7 @@ def _nce(predictions, labels, mask, num_target_classes, probabilities=None):
     else:
         # Narrow inputs: a whole-array widening would be materialised on CPU; the
         # block loop widens block by block.
-        row_stats = _ops.map_rows(checks, predictions, dtype)
+        row_stats = ops.map_rows(checks, predictions, dtype)
     counts = _counts_of(hard, labels, num_target_classes, predictions.shape[-1], mask)
     flags = reduce_checks(row_stats, labels, num_target_classes, mask, probabilities=probabilities)
     return nce_from_counts(counts), flags

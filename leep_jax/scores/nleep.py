@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, is_concrete, validate
+from leep_jax.scores import ops
 from leep_jax.scores.leep import leep
+from leep_jax.scores.validation import accumulation_dtype, is_concrete, validate
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # scikit-learn's GaussianMixture and KMeans defaults.
@@ -97,8 +97,8 @@ def kmeans_init(key, x, weights, num_components):
         return jnp.argmin(_squared_distances(x, centers), axis=1)
 
     def update(labels, centers):
-        counts = _ops.row_sum_into((num_components,), weights, labels, weights > 0)
-        sums = _ops.row_sum_into((num_components, x.shape[1]), x, labels, weights > 0)
+        counts = ops.row_sum_into((num_components,), weights, labels, weights > 0)
+        sums = ops.row_sum_into((num_components, x.shape[1]), x, labels, weights > 0)
         moved = sums / jnp.where(counts > 0, counts, 1)[:, None]
         return jnp.where((counts > 0)[:, None], moved, centers)
 
@@ -216,7 +216,7 @@ def fit_gaussian_mixture(x, weights, initial_means, num_kept=None) -> GaussianMi
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "num_components"))
 def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_components):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     weights = valid.astype(scores.dtype)
     kept = jnp.arange(scores.shape[1]) < num_kept
     scores = jnp.where(valid[:, None] & kept[None, :], scores, 0)
@@ -239,7 +239,7 @@ def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_componen
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "variance_fraction"))
 def _principal_scores(features, labels, mask, num_target_classes, variance_fraction):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     features = jnp.where(valid[:, None], features.astype(accumulation_dtype(features.dtype)), 0)
     return principal_scores(features, valid.astype(features.dtype), variance_fraction)
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores import ops
+from leep_jax.scores.validation import accumulation_dtype, validate
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Sums over ~n^2/2 pairs go through a tree of partial sums of this many terms, so the
@@ -144,7 +144,7 @@ def spearman_with_binary(values, same, valid):
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "num_dims"))
 def _parc(features, labels, mask, num_target_classes, num_dims):
     dtype = accumulation_dtype(features.dtype)
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     weights = valid.astype(dtype)
     features = jnp.where(valid[:, None], features.astype(dtype), 0)
     if num_dims is not None:

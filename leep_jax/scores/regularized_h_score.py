@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import validate
+from leep_jax.scores import ops
 from leep_jax.scores.feature_sums import (
     HIGHEST,
     class_sums,
@@ -19,6 +18,7 @@ from leep_jax.scores.feature_sums import (
     symmetric,
     valid_mean,
 )
+from leep_jax.scores.validation import validate
 
 
 class RegularizedHScoreSums(NamedTuple):
@@ -46,7 +46,7 @@ def regularized_h_score_sums(
     shift: jax.Array | None = None,
 ) -> RegularizedHScoreSums:
     """Sums of ``x = f - shift`` over the valid rows; sums over any split add up."""
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     rows = shifted_rows(features, valid, shift)
     norm_sq = jnp.sum(rows * rows, axis=1)
     sums, counts = class_sums(rows, labels, valid, num_target_classes)
@@ -131,7 +131,7 @@ def regularized_h_score_from_sums(sums: RegularizedHScoreSums) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes",))
 def _regularized_h_score(features, labels, mask, num_target_classes):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     shift = valid_mean(features, valid)
     sums = regularized_h_score_sums(features, labels, num_target_classes, mask=mask, shift=shift)
     return regularized_h_score_from_sums(sums)

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import accumulation_dtype, validate
+from leep_jax.scores import ops
+from leep_jax.scores.validation import accumulation_dtype, validate
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # TencentARC/SFDA: three rounds of its power iteration, shrinkage floored at 1e-10.
@@ -46,8 +46,8 @@ def _class_statistics(features, labels, weights, num_classes):
     The scatter is ``(1/n) sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T`` over weighted rows:
     the peer's ``sum_c prior_c Cov_c`` with biased per-class covariances.
     """
-    counts = _ops.row_sum_into((num_classes,), weights, labels, weights > 0)
-    sums = _ops.row_sum_into(
+    counts = ops.row_sum_into((num_classes,), weights, labels, weights > 0)
+    sums = ops.row_sum_into(
         (num_classes, features.shape[1]), features * weights[:, None], labels, weights > 0
     )
     means = sums / jnp.where(counts > 0, counts, 1)[:, None]
@@ -114,7 +114,7 @@ def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
 @functools.partial(jax.jit, static_argnames=("num_target_classes",))
 def _sfda(features, labels, mask, num_target_classes):
     dtype = accumulation_dtype(features.dtype)
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     weights = valid.astype(dtype)
     labels = jnp.where(valid, labels, 0)
     features = jnp.where(valid[:, None], features.astype(dtype), 0)

@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import validate
+from leep_jax.scores import ops
 from leep_jax.scores.feature_sums import class_sums, gram, shifted_rows, symmetric, valid_mean
+from leep_jax.scores.validation import validate
 
 
 class TransRateSums(NamedTuple):
@@ -37,7 +37,7 @@ def transrate_sums(
     The per-class Gram matrices run as a loop over classes, each a masked ``[n, D]``
     matmul: ``C n D^2`` multiply-adds and no ``[n, C, D]`` intermediate.
     """
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     rows = shifted_rows(features, valid, shift)
     sums, counts = class_sums(rows, labels, valid, num_target_classes)
 
@@ -107,7 +107,7 @@ def transrate_from_sums(sums: TransRateSums, eps: float) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "eps"))
 def _transrate(features, labels, mask, num_target_classes, eps):
-    valid = _ops.valid_rows(labels, num_target_classes, mask)
+    valid = ops.valid_rows(labels, num_target_classes, mask)
     shift = valid_mean(features, valid)
     sums = transrate_sums(features, labels, num_target_classes, mask=mask, shift=shift)
     return transrate_from_sums(sums, eps)

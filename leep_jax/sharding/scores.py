@@ -12,8 +12,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.typing import ArrayLike
 
 from leep_jax import streaming
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import (
+from leep_jax.scores import ops
+from leep_jax.scores.validation import (
     accumulation_dtype,
     check_label_range,
     check_num_classes,
@@ -58,7 +58,7 @@ def _shard_flags(
     their column sums, merged over shards.
     """
     dtype = accumulation_dtype(predictions.dtype)
-    row_stats = _ops.map_rows(
+    row_stats = ops.map_rows(
         functools.partial(row_checks, probabilities=not from_logits), predictions, dtype
     )
     flags = {
@@ -70,7 +70,7 @@ def _shard_flags(
         )
     }
     if features is not None:
-        valid = _ops.valid_rows(labels, num_target_classes, mask)
+        valid = ops.valid_rows(labels, num_target_classes, mask)
         feature_dtype = accumulation_dtype(features.dtype)
         total = jnp.sum(jnp.where(valid[:, None], features.astype(feature_dtype), 0), axis=0)
         flags["features"] = _merge_flags(
@@ -112,7 +112,7 @@ def _shard_scores(
     if "h_score" in metrics:
         # Shift by the global mean first: raw sums of features with a large mean lose
         # the covariance to cancellation in float32 (S/n - m m^T).
-        valid = _ops.valid_rows(labels, num_target_classes, mask)
+        valid = ops.valid_rows(labels, num_target_classes, mask)
         dtype = accumulation_dtype(features.dtype)
         total, count = jax.lax.psum(
             (

@@ -37,13 +37,13 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
-from leep_jax.scores._validation import check_num_classes
+from leep_jax.scores import ops
 from leep_jax.scores.h_score import HScoreSums, h_score_from_sums, h_score_sums
 from leep_jax.scores.joint import conditional as _conditional
 from leep_jax.scores.joint import joint_sum
 from leep_jax.scores.leep import log_eep as _log_eep
 from leep_jax.scores.nce import nce_counts, nce_from_counts
+from leep_jax.scores.validation import check_num_classes
 
 State = Any  # a NamedTuple of fixed-shape arrays
 
@@ -103,11 +103,11 @@ class ConditionalAccumulator(NamedTuple):
     compute: Callable[[State], jax.Array]
 
 
-def _add(a, b):
+def add_states(a, b):
     return jax.tree.map(jnp.add, a, b)
 
 
-def _check_batch(values, labels, width: int, name: str):
+def check_batch(values, labels, width: int, name: str):
     if values.ndim != 2 or values.shape[1] != width:
         raise ValueError(f"{name} batch must have shape [n, {width}], got {values.shape}")
     if labels.shape != values.shape[:1]:
@@ -151,7 +151,7 @@ def joint(
 
     def update(state, predictions, labels, mask=None):
         predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
-        _check_batch(predictions, labels, num_source_classes, "predictions")
+        check_batch(predictions, labels, num_source_classes, "predictions")
         table, count = joint_sum(
             predictions, labels, num_target_classes, from_logits=from_logits, mask=mask
         )
@@ -160,7 +160,7 @@ def joint(
     def compute(state):
         return state.joint_sum / state.count
 
-    return Accumulator(init, update, _add, compute)
+    return Accumulator(init, update, add_states, compute)
 
 
 def conditional(state: JointState) -> jax.Array:
@@ -188,13 +188,13 @@ def log_eep(
 
     def update(state, predictions, labels, conditional_table, mask=None):
         predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
-        _check_batch(predictions, labels, num_source_classes, "predictions")
+        check_batch(predictions, labels, num_source_classes, "predictions")
         if conditional_table.shape != (num_target_classes, num_source_classes):
             raise ValueError(
                 f"conditional must have shape {(num_target_classes, num_source_classes)}, "
                 f"got {conditional_table.shape}"
             )
-        valid = _ops.valid_rows(labels, num_target_classes, mask)
+        valid = ops.valid_rows(labels, num_target_classes, mask)
         per_example = _log_eep(predictions, labels, conditional_table, from_logits=from_logits)
         total = jnp.sum(jnp.where(valid, per_example, 0))
         return LogEEPState(
@@ -205,7 +205,7 @@ def log_eep(
     def compute(state):
         return state.log_eep_sum / state.count
 
-    return ConditionalAccumulator(init, update, _add, compute)
+    return ConditionalAccumulator(init, update, add_states, compute)
 
 
 def nce(num_target_classes: int, num_source_classes: int) -> Accumulator:
@@ -217,14 +217,14 @@ def nce(num_target_classes: int, num_source_classes: int) -> Accumulator:
 
     def update(state, predictions, labels, mask=None):
         predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
-        _check_batch(predictions, labels, num_source_classes, "predictions")
+        check_batch(predictions, labels, num_source_classes, "predictions")
         counts = nce_counts(predictions, labels, num_target_classes, mask=mask)
         return NCEState(state.counts + counts)
 
     def compute(state):
         return nce_from_counts(state.counts)
 
-    return Accumulator(init, update, _add, compute)
+    return Accumulator(init, update, add_states, compute)
 
 
 class HScoreState(NamedTuple):
@@ -310,11 +310,11 @@ def h_score(
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
-        _check_batch(features, labels, feature_dim, "features")
+        check_batch(features, labels, feature_dim, "features")
         shift = fixed_shift
         if shift is None:
             # The first batch with counted rows sets the shift to its mean.
-            valid = _ops.valid_rows(labels, num_target_classes, mask)
+            valid = ops.valid_rows(labels, num_target_classes, mask)
             count = jnp.sum(valid, dtype=jnp.float32)
             total = jnp.sum(jnp.where(valid[:, None], features.astype(jnp.float32), 0), axis=0)
             shift = jnp.where(state.count > 0, state.shift, total / jnp.maximum(count, 1))

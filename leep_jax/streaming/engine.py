@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from leep_jax import scores
-from leep_jax.scores._validation import PROBABILITY_ATOL
 from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES
+from leep_jax.scores.validation import PROBABILITY_ATOL
 from leep_jax.streaming import accumulators, feature_accumulators
 from leep_jax.streaming.sources import Batch, BatchSource
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from leep_jax.scores._validation import check_num_classes
 from leep_jax.scores.gbc import GBCSums, check_gaussian_type, gbc_from_sums, gbc_sums
 from leep_jax.scores.logme import (
     LogMESums,
@@ -44,7 +43,8 @@ from leep_jax.scores.regularized_h_score import (
     regularized_h_score_sums,
 )
 from leep_jax.scores.transrate import TransRateSums, transrate_from_sums, transrate_sums
-from leep_jax.streaming.accumulators import Accumulator, _add, _check_batch
+from leep_jax.scores.validation import check_num_classes
+from leep_jax.streaming.accumulators import Accumulator, add_states, check_batch
 
 
 def _zeros(state_type, **shapes):
@@ -93,14 +93,16 @@ def logme(num_target_classes: int, feature_dim: int, *, shift=None) -> Accumulat
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
-        _check_batch(features, labels, feature_dim, "features")
+        check_batch(features, labels, feature_dim, "features")
         sums = logme_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return _add(state, _as_state(sums))
+        return add_states(state, _as_state(sums))
 
     def compute(state):
         return logme_from_sums(state, shift, state.target_sum > 0)
 
-    return Accumulator(lambda: _logme_init(num_target_classes, feature_dim), update, _add, compute)
+    return Accumulator(
+        lambda: _logme_init(num_target_classes, feature_dim), update, add_states, compute
+    )
 
 
 def logme_regression(num_targets: int, feature_dim: int, *, shift=None) -> Accumulator:
@@ -120,12 +122,12 @@ def logme_regression(num_targets: int, feature_dim: int, *, shift=None) -> Accum
                 f"got {targets.shape}"
             )
         sums = logme_regression_sums(features, targets, mask=mask, shift=shift)
-        return _add(state, _as_state(sums))
+        return add_states(state, _as_state(sums))
 
     def compute(state):
         return logme_from_sums(state, shift, jnp.ones(state.target_sum.shape, bool))
 
-    return Accumulator(lambda: _logme_init(num_targets, feature_dim), update, _add, compute)
+    return Accumulator(lambda: _logme_init(num_targets, feature_dim), update, add_states, compute)
 
 
 def regularized_h_score(num_target_classes: int, feature_dim: int, *, shift=None) -> Accumulator:
@@ -157,13 +159,13 @@ def regularized_h_score(num_target_classes: int, feature_dim: int, *, shift=None
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
-        _check_batch(features, labels, feature_dim, "features")
+        check_batch(features, labels, feature_dim, "features")
         sums = regularized_h_score_sums(
             features, labels, num_target_classes, mask=mask, shift=shift
         )
-        return _add(state, _as_state(sums))
+        return add_states(state, _as_state(sums))
 
-    return Accumulator(init, update, _add, regularized_h_score_from_sums)
+    return Accumulator(init, update, add_states, regularized_h_score_from_sums)
 
 
 def transrate(
@@ -198,11 +200,11 @@ def transrate(
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
-        _check_batch(features, labels, feature_dim, "features")
+        check_batch(features, labels, feature_dim, "features")
         sums = transrate_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return _add(state, _as_state(sums))
+        return add_states(state, _as_state(sums))
 
-    return Accumulator(init, update, _add, lambda state: transrate_from_sums(state, eps))
+    return Accumulator(init, update, add_states, lambda state: transrate_from_sums(state, eps))
 
 
 def gbc(
@@ -233,8 +235,8 @@ def gbc(
 
     def update(state, features, labels, mask=None):
         features, labels = jnp.asarray(features), jnp.asarray(labels)
-        _check_batch(features, labels, feature_dim, "features")
+        check_batch(features, labels, feature_dim, "features")
         sums = gbc_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return _add(state, _as_state(sums))
+        return add_states(state, _as_state(sums))
 
-    return Accumulator(init, update, _add, lambda state: gbc_from_sums(state, gaussian_type))
+    return Accumulator(init, update, add_states, lambda state: gbc_from_sums(state, gaussian_type))

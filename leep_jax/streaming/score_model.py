@@ -9,8 +9,8 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from leep_jax.scores._validation import check_num_classes
 from leep_jax.scores.names import DEFAULT_SCORES, check_score_names
+from leep_jax.scores.validation import check_num_classes
 from leep_jax.streaming import engine, sources
 
 Batch = tuple[Any, Any] | tuple[Any, Any, Any]

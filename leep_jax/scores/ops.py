@@ -1,5 +1,8 @@
 """Sharding-aware building blocks shared by the scores and the streaming accumulators.
 
+An internal module (documented, not re-exported from :mod:`leep_jax`): the streaming,
+sharding and metrics layers build on it, so its names are stable within the library.
+
 Everything here is a pure function of arrays with static class counts, safe under
 ``jit``, ``vmap`` and meshes with Auto or Explicit axes. None of them builds an
 ``[n, num_target_classes]`` array.
@@ -12,7 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, NamedSharding
 
 
-def _replicated_out_sharding(x: jax.Array) -> NamedSharding | None:
+def replicated_out_sharding(x: jax.Array) -> NamedSharding | None:
     """A replicated sharding for reductions of ``x`` when its mesh has Explicit axes.
 
     Under Explicit axes a scatter-add from rows sharded along ``n`` into a small table
@@ -103,7 +106,7 @@ def row_sum_into(
     # scatter makes XLA:CPU's scatter ~10x slower, and out-of-bounds rows (even NaN
     # padding) never touch the table.
     index = jnp.where(weights, index, table_shape[0])
-    out_sharding = _replicated_out_sharding(index)
+    out_sharding = replicated_out_sharding(index)
     table = jnp.zeros(table_shape, dtype)
 
     def add(table, index, values):
@@ -136,7 +139,7 @@ def _zeros_like_rows(row_fn, num_rows: int, *row_args):
     return jax.tree.map(lambda s: jnp.zeros((num_rows, *s.shape), s.dtype), shapes)
 
 
-def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array, *extras):
+def per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array, *extras):
     """``out[i] = row_fn(table[labels[i]], values[i], *extras[i])`` as a loop over blocks.
 
     On XLA:CPU one gather over all ``n`` rows runs element by element (about 6 ns per
@@ -171,9 +174,9 @@ def _per_row_loop(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array
 
 
 def _per_row_gather(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array, *extras):
-    """The same as :func:`_per_row_loop` with one gather; fast on GPU and TPU."""
+    """The same as :func:`per_row_loop` with one gather; fast on GPU and TPU."""
     out_sharding = None
-    if _replicated_out_sharding(values) is not None:
+    if replicated_out_sharding(values) is not None:
         # Explicit axes: the gathered rows follow the sharding of the examples.
         out_sharding = jax.typeof(values).sharding
 
@@ -208,7 +211,7 @@ def per_row(row_fn, table: jax.Array, values: jax.Array, labels: jax.Array, *ext
         values,
         labels,
         *extras,
-        cpu=lambda *a: _per_row_loop(row_fn, *a),
+        cpu=lambda *a: per_row_loop(row_fn, *a),
         default=lambda *a: _per_row_gather(row_fn, *a),
     )
 
@@ -228,7 +231,7 @@ def map_rows(row_fn, values: jax.Array, dtype):
         table,
         values,
         labels,
-        cpu=lambda *a: _per_row_loop(lambda _, row: row_fn(row), *a),
+        cpu=lambda *a: per_row_loop(lambda _, row: row_fn(row), *a),
         default=lambda t, v, y: rows_fn(v),
     )
 
@@ -249,7 +252,7 @@ def softmax_sum_into(
       ``(table dtype[table_shape], shift dtype[n], log_total dtype[n])``.
     """
     index = jnp.where(weights, index, table_shape[0])
-    out_sharding = _replicated_out_sharding(index)
+    out_sharding = replicated_out_sharding(index)
 
     def add(table, index, rows):
         rows = rows.astype(dtype)

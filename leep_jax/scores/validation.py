@@ -1,4 +1,4 @@
-"""Input checks shared by the scores.
+"""Input checks shared by the scores (an internal module the other layers use too).
 
 Shape checks always run (shapes are static, even under ``jit``). Value checks (label
 range, NaN/Inf, probability rows) need concrete arrays: they run on eager calls with
@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from leep_jax.scores import _ops
+from leep_jax.scores import ops
 
 PROBABILITY_ATOL = 1e-3
 
@@ -186,7 +186,7 @@ def raise_if_flagged(
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "probabilities"))
 def _value_flags(values, labels, mask, num_target_classes: int, probabilities: bool):
     """The fast stage on its own: one fused sweep over ``values``."""
-    row_stats = _ops.map_rows(
+    row_stats = ops.map_rows(
         functools.partial(row_checks, probabilities=probabilities),
         values,
         accumulation_dtype(values.dtype),
