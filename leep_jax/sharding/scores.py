@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 
 from leep_jax import streaming
 from leep_jax.scores import ops
+from leep_jax.scores.names import DEFAULT_SCORES
 from leep_jax.scores.validation import (
     accumulation_dtype,
     check_label_range,
@@ -27,7 +28,8 @@ from leep_jax.scores.validation import (
 from leep_jax.sharding.mesh import AxisName, axis_names_of, axis_size, data_mesh
 from leep_jax.sharding.padding import pad_to_multiple
 
-METRICS = ("leep", "nce", "h_score")
+# The scores sharded_scores computes over a mesh: the one-pass ones of the paper.
+METRICS = DEFAULT_SCORES
 
 
 # How each value-check flag merges over shards.
@@ -123,7 +125,8 @@ def _shard_scores(
         )
         h_score = streaming.h_score(num_target_classes, features.shape[-1], shift=total / count)
         state = h_score.update(h_score.init(), features, labels, mask)
-        scores["h_score"] = h_score.compute(jax.lax.psum(state, axis))
+        # Every shard shares the shift: psum the sums, keep the shift (it is not a sum).
+        scores["h_score"] = h_score.compute(jax.lax.psum(state, axis)._replace(shift=state.shift))
     return scores
 
 
