@@ -45,3 +45,59 @@ def test_log_eep_refuses_a_conditional_of_the_wrong_shape():
             eep.update(eep.init(), probs, labels, jnp.zeros(shape))
     with pytest.raises(ValueError, match=r"predictions batch must have shape \[n, 4\]"):
         eep.update(eep.init(), probs[:, :3], labels, jnp.zeros((Y, Z)))
+
+
+def _features(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    features = (rng.normal(size=(n, D)) + labels[:, None] + 30).astype(np.float32)
+    return features, labels
+
+
+def _sums_about(features, labels, shift):
+    """float64 H-score sums of ``features - shift``: count, sum, outer, class sums, counts."""
+    g = features.astype(np.float64) - np.asarray(shift, np.float64)
+    onehot = np.eye(Y)[labels]
+    return len(g), g.sum(0), g.T @ g, onehot.T @ g, onehot.sum(0)
+
+
+def _assert_sums(state, features, labels):
+    for got, want in zip(state[:-1], _sums_about(features, labels, state.shift), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-3)
+
+
+def test_h_score_shift_is_the_mean_of_the_first_batch_with_counted_rows():
+    features, labels = _features(12, 0)
+    acc = streaming.h_score(Y, D)
+    nothing = acc.update(acc.init(), features, labels, np.zeros(12, bool))
+    for got, want in zip(nothing, acc.init(), strict=True):
+        np.testing.assert_array_equal(got, want)  # no counted rows: no shift, no sums
+    mask = np.ones(12, bool)
+    mask[[1, 4, 7]] = False
+    first = acc.update(nothing, features, labels, mask)
+    np.testing.assert_allclose(first.shift, features[mask].astype(np.float64).mean(0), rtol=1e-6)
+    _assert_sums(first, features[mask], labels[mask])
+    more, more_labels = _features(9, 1)
+    second = acc.update(first, more, more_labels)
+    np.testing.assert_array_equal(second.shift, first.shift)  # later batches keep it
+    _assert_sums(second, np.concatenate([features[mask], more]), np.r_[labels[mask], more_labels])
+    one = acc.update(acc.init(), features[:1], labels[:1])
+    np.testing.assert_allclose(one.shift, features[0], rtol=1e-6)  # a one-row mean
+
+
+def test_h_score_merge_takes_the_shift_of_the_larger_state():
+    features, labels = _features(28, 2)
+    acc = streaming.h_score(Y, D)
+    a = acc.update(acc.init(), features[:8], labels[:8])
+    b = acc.update(acc.init(), features[8:20], labels[8:20])
+    c = acc.update(acc.init(), features[20:], labels[20:])  # as many rows as a
+    for merged in (acc.merge(a, b), acc.merge(b, a)):
+        np.testing.assert_array_equal(merged.shift, b.shift)
+        _assert_sums(merged, features[:20], labels[:20])
+    for merged in (acc.merge(a, c), acc.merge(c, a)):
+        np.testing.assert_allclose(merged.shift, (a.shift + c.shift) / 2, rtol=1e-7)
+        rows = np.r_[0:8, 20:28]
+        _assert_sums(merged, features[rows], labels[rows])
+    for merged in (acc.merge(a, acc.init()), acc.merge(acc.init(), a)):
+        for got, want in zip(merged, a, strict=True):
+            np.testing.assert_array_equal(got, want)  # an empty state is the identity
