@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import leep_jax
 from leep_jax import streaming
 
 Y, Z, D = 3, 4, 5
@@ -83,6 +84,9 @@ def test_h_score_shift_is_the_mean_of_the_first_batch_with_counted_rows():
     _assert_sums(second, np.concatenate([features[mask], more]), np.r_[labels[mask], more_labels])
     one = acc.update(acc.init(), features[:1], labels[:1])
     np.testing.assert_allclose(one.shift, features[0], rtol=1e-6)  # a one-row mean
+    two = acc.update(one, more, more_labels)
+    np.testing.assert_array_equal(two.shift, one.shift)  # one counted row fixes the shift
+    _assert_sums(two, np.concatenate([features[:1], more]), np.r_[labels[:1], more_labels])
 
 
 def test_h_score_merge_takes_the_shift_of_the_larger_state():
@@ -98,6 +102,24 @@ def test_h_score_merge_takes_the_shift_of_the_larger_state():
         np.testing.assert_allclose(merged.shift, (a.shift + c.shift) / 2, rtol=1e-7)
         rows = np.r_[0:8, 20:28]
         _assert_sums(merged, features[rows], labels[rows])
+    one = acc.update(acc.init(), features[:1], labels[:1])
+    for merged in (acc.merge(one, b), acc.merge(b, one)):  # a one-row state is not empty
+        np.testing.assert_array_equal(merged.count, 13)
+        _assert_sums(merged, features[np.r_[0, 8:20]], labels[np.r_[0, 8:20]])
     for merged in (acc.merge(a, acc.init()), acc.merge(acc.init(), a)):
         for got, want in zip(merged, a, strict=True):
             np.testing.assert_array_equal(got, want)  # an empty state is the identity
+
+
+def test_log_eep_leaves_masked_rows_out():
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(Z), 30).astype(np.float32)
+    labels = rng.integers(0, Y, 30).astype(np.int32)
+    mask = rng.random(30) < 0.6
+    joint, eep = streaming.joint(Y, Z), streaming.log_eep(Y, Z)
+    conditional = streaming.conditional(joint.update(joint.init(), probs, labels, mask))
+    state = eep.update(eep.init(), probs, labels, conditional, mask)
+    np.testing.assert_array_equal(state.count, mask.sum())
+    want = leep_jax.leep(probs[mask], labels[mask], Y)
+    np.testing.assert_allclose(eep.compute(state), want, rtol=1e-6)
+    np.testing.assert_allclose(state.log_eep_sum, want * mask.sum(), rtol=1e-6)
