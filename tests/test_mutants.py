@@ -123,3 +123,10 @@ def test_log_eep_leaves_masked_rows_out():
     want = leep_jax.leep(probs[mask], labels[mask], Y)
     np.testing.assert_allclose(eep.compute(state), want, rtol=1e-6)
     np.testing.assert_allclose(state.log_eep_sum, want * mask.sum(), rtol=1e-6)
+
+
+def test_accumulator_states_are_float32_whatever_the_shift_type():
+    fixed = streaming.h_score(Y, D, shift=[30] * D)  # integers: still a float32 state
+    for acc in (*_accumulators().values(), streaming.log_eep(Y, Z), fixed):
+        for leaf in acc.init():
+            assert leaf.dtype == jnp.float32
