@@ -49,8 +49,10 @@ def main(globs: list[str]) -> int:
     print(f"{'module':44} mutants killed survived equivalent other score")
     for module, n, killed, survived, eq, other, score in rows:
         print(f"{module:44} {n:7} {killed:6} {survived:8} {eq:10} {other:5} {score:6.1%}")
-    print("(other: not checked, no tests, timeout or suspicious; score: (killed + equivalent)"
-          " / (killed + survived))")
+    print(
+        "(other: not checked, no tests, timeout or suspicious; score: (killed + equivalent)"
+        " / (killed + survived))"
+    )
     for name in left:
         print(f"\nSURVIVED {name}")
         subprocess.run([pathlib.Path(sys.executable).parent / "mutmut", "show", name], check=False)
