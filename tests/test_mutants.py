@@ -1,0 +1,132 @@
+"""Tests that kill the mutants the rest of the suite let survive (scripts/mutation.sh).
+
+Each test names the mistake it catches; benchmarks/results/mutation/report.md lists the
+mutation runs and the survivors shown to be equivalent.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import leep_jax
+from leep_jax import streaming
+
+Y, Z, D = 3, 4, 5
+
+
+def _accumulators():
+    return {
+        "joint": streaming.joint(Y, Z),
+        "nce": streaming.nce(Y, Z),
+        "h_score": streaming.h_score(Y, D),
+    }
+
+
+@pytest.mark.parametrize("name", ["joint", "nce", "h_score"])
+def test_accumulators_refuse_batches_of_the_wrong_shape(name):
+    acc = _accumulators()[name]
+    width = D if name == "h_score" else Z
+    what = "features" if name == "h_score" else "predictions"
+    labels = np.zeros(6, np.int32)
+    good = np.full((6, width), 1.0 / width, np.float32)
+    acc.update(acc.init(), good, labels)  # the right shapes pass
+    for values in (good[:, :-1], good[:, None, :], good[0]):
+        with pytest.raises(ValueError, match=rf"{what} batch must have shape \[n, {width}\]"):
+            acc.update(acc.init(), values, labels)
+    with pytest.raises(ValueError, match=r"labels batch must have shape \(6,\), got \(5,\)"):
+        acc.update(acc.init(), good, labels[:5])
+
+
+def test_log_eep_refuses_a_conditional_of_the_wrong_shape():
+    eep = streaming.log_eep(Y, Z)
+    probs, labels = np.full((6, Z), 0.25, np.float32), np.zeros(6, np.int32)
+    eep.update(eep.init(), probs, labels, jnp.full((Y, Z), 1.0 / Y))
+    for shape in [(Y, Z + 1), (Y + 1, Z), (Z, Y)]:
+        with pytest.raises(ValueError, match=rf"conditional must have shape \({Y}, {Z}\)"):
+            eep.update(eep.init(), probs, labels, jnp.zeros(shape))
+    with pytest.raises(ValueError, match=r"predictions batch must have shape \[n, 4\]"):
+        eep.update(eep.init(), probs[:, :3], labels, jnp.zeros((Y, Z)))
+
+
+def _features(n, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, Y, n).astype(np.int32)
+    features = (rng.normal(size=(n, D)) + labels[:, None] + 30).astype(np.float32)
+    return features, labels
+
+
+def _sums_about(features, labels, shift):
+    """float64 H-score sums of ``features - shift``: count, sum, outer, class sums, counts."""
+    g = features.astype(np.float64) - np.asarray(shift, np.float64)
+    onehot = np.eye(Y)[labels]
+    return len(g), g.sum(0), g.T @ g, onehot.T @ g, onehot.sum(0)
+
+
+def _assert_sums(state, features, labels):
+    for got, want in zip(state[:-1], _sums_about(features, labels, state.shift), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-3)
+
+
+def test_h_score_shift_is_the_mean_of_the_first_batch_with_counted_rows():
+    features, labels = _features(12, 0)
+    acc = streaming.h_score(Y, D)
+    nothing = acc.update(acc.init(), features, labels, np.zeros(12, bool))
+    for got, want in zip(nothing, acc.init(), strict=True):
+        np.testing.assert_array_equal(got, want)  # no counted rows: no shift, no sums
+    mask = np.ones(12, bool)
+    mask[[1, 4, 7]] = False
+    first = acc.update(nothing, features, labels, mask)
+    np.testing.assert_allclose(first.shift, features[mask].astype(np.float64).mean(0), rtol=1e-6)
+    _assert_sums(first, features[mask], labels[mask])
+    more, more_labels = _features(9, 1)
+    second = acc.update(first, more, more_labels)
+    np.testing.assert_array_equal(second.shift, first.shift)  # later batches keep it
+    _assert_sums(second, np.concatenate([features[mask], more]), np.r_[labels[mask], more_labels])
+    one = acc.update(acc.init(), features[:1], labels[:1])
+    np.testing.assert_allclose(one.shift, features[0], rtol=1e-6)  # a one-row mean
+    two = acc.update(one, more, more_labels)
+    np.testing.assert_array_equal(two.shift, one.shift)  # one counted row fixes the shift
+    _assert_sums(two, np.concatenate([features[:1], more]), np.r_[labels[:1], more_labels])
+
+
+def test_h_score_merge_takes_the_shift_of_the_larger_state():
+    features, labels = _features(28, 2)
+    acc = streaming.h_score(Y, D)
+    a = acc.update(acc.init(), features[:8], labels[:8])
+    b = acc.update(acc.init(), features[8:20], labels[8:20])
+    c = acc.update(acc.init(), features[20:], labels[20:])  # as many rows as a
+    for merged in (acc.merge(a, b), acc.merge(b, a)):
+        np.testing.assert_array_equal(merged.shift, b.shift)
+        _assert_sums(merged, features[:20], labels[:20])
+    for merged in (acc.merge(a, c), acc.merge(c, a)):
+        np.testing.assert_allclose(merged.shift, (a.shift + c.shift) / 2, rtol=1e-7)
+        rows = np.r_[0:8, 20:28]
+        _assert_sums(merged, features[rows], labels[rows])
+    one = acc.update(acc.init(), features[:1], labels[:1])
+    for merged in (acc.merge(one, b), acc.merge(b, one)):  # a one-row state is not empty
+        np.testing.assert_array_equal(merged.count, 13)
+        _assert_sums(merged, features[np.r_[0, 8:20]], labels[np.r_[0, 8:20]])
+    for merged in (acc.merge(a, acc.init()), acc.merge(acc.init(), a)):
+        for got, want in zip(merged, a, strict=True):
+            np.testing.assert_array_equal(got, want)  # an empty state is the identity
+
+
+def test_log_eep_leaves_masked_rows_out():
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(Z), 30).astype(np.float32)
+    labels = rng.integers(0, Y, 30).astype(np.int32)
+    mask = rng.random(30) < 0.6
+    joint, eep = streaming.joint(Y, Z), streaming.log_eep(Y, Z)
+    conditional = streaming.conditional(joint.update(joint.init(), probs, labels, mask))
+    state = eep.update(eep.init(), probs, labels, conditional, mask)
+    np.testing.assert_array_equal(state.count, mask.sum())
+    want = leep_jax.leep(probs[mask], labels[mask], Y)
+    np.testing.assert_allclose(eep.compute(state), want, rtol=1e-6)
+    np.testing.assert_allclose(state.log_eep_sum, want * mask.sum(), rtol=1e-6)
+
+
+def test_accumulator_states_are_float32_whatever_the_shift_type():
+    fixed = streaming.h_score(Y, D, shift=[30] * D)  # integers: still a float32 state
+    for acc in (*_accumulators().values(), streaming.log_eep(Y, Z), fixed):
+        for leaf in acc.init():
+            assert leaf.dtype == jnp.float32
