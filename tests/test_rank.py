@@ -19,6 +19,7 @@ from leep_jax.data import tfds as tfds_adapter
 from leep_jax.experiments import rank
 from leep_jax.models import build_model, forward
 from leep_jax.scores import h_score, leep, nce
+from leep_jax.scores.names import SCORE_NAMES
 from leep_jax.transfer.presets import tiny_zoo
 from leep_jax.transfer.zoo import load_zoo
 
@@ -281,7 +282,7 @@ def test_cli_rank_json(in_cache, capsys):
     assert sorted(row["name"] for row in rows) == sorted(tiny_names())
     leeps = {row["name"]: row["scores"]["leep"] for row in rows}
     for row in rows:
-        assert set(row["scores"]) == {"leep", "nce", "h_score"}
+        assert set(row["scores"]) == set(SCORE_NAMES)  # rank reports every score
         assert row["scores"]["leep"] <= 0 and row["scores"]["h_score"] >= 0
         assert row["score_time_s"] > 0
         # Rank 1 = highest LEEP.

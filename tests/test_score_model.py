@@ -141,7 +141,7 @@ def test_probabilities_from_apply_fn():
 
 def test_invalid_inputs_raise_value_error():
     with pytest.raises(ValueError, match="metrics"):
-        score_model(_linear_apply, batches(), Y, metrics=("leep", "logme"))
+        score_model(_linear_apply, batches(), Y, metrics=("leep", "bogus"))
     with pytest.raises(ValueError, match="empty"):
         score_model(_linear_apply, [], Y)
     images, labels, _ = data()

@@ -22,6 +22,8 @@ import pytest
 import reference
 from sweep_zoo import make_zoo, score_rows, sweep_argv
 
+from leep_jax.scores.names import SCORE_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 PAIRS = 8
@@ -106,7 +108,7 @@ def test_ctrl_c_then_sigkill_then_rerun_gives_exactly_the_rows_of_a_clean_run(zo
     assert process.returncode == -signal.SIGKILL
     committed = _pairs_done(out)
     assert interrupted < committed < PAIRS, "the kill must land mid-sweep"
-    assert len(score_rows(out)) == 3 * committed  # whole pairs only
+    assert len(score_rows(out)) == len(SCORE_NAMES) * committed  # whole pairs only
 
     stdout = _finish(_start(sweep_argv(zoo["zoo"], out)))
     assert f"{PAIRS - committed} pairs done, {committed} skipped, 0 failed" in stdout

@@ -1,8 +1,8 @@
-"""Rank source models for a target task by LEEP (with NCE and H-score beside it).
+"""Rank source models for a target task by LEEP (with every other score beside it).
 
 The job `leep-jax rank` does: one forward pass of the target training set through each
 source model gives logits and penultimate features together; LEEP and NCE come from
-the logits, H-score from the features. Models are ranked by one of the scores (LEEP
+the logits, the other scores (`leep_jax.scores.names.SCORE_NAMES`) from the features. Models are ranked by one of the scores (LEEP
 by default, rank 1 = highest score = predicted best transfer). With ``verify=True``
 every model is also fine-tuned on the task, and the rank correlation of each score
 with the accuracy actually reached is reported: Kendall's tau
@@ -186,7 +186,7 @@ class RankResult:
             "",
             f"Scoring took {self.score_time_s:.1f} s in all (compilation included): one "
             f"forward pass of the {task['num_train']} training examples per model, LEEP "
-            "and NCE from the logits, H-score from the features.",
+            "and NCE from the logits, the other scores from the features.",
         ]
         if self.verify is not None and self.correlations is not None:
             total_transfer = sum(r.transfer_time_s or 0.0 for r in self.rows)

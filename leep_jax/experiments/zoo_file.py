@@ -70,9 +70,9 @@ class ZooFileError(ValueError):
 
 def builtin_zoo(name: str) -> list[ModelEntry]:
     """The entries of the built-in zoo ``"default"`` or ``"tiny"``."""
-    from leep_jax.transfer import zoo
+    from leep_jax.transfer import presets
 
-    specs = zoo.default_zoo() if name == "default" else zoo.tiny_zoo()
+    specs = presets.default_zoo() if name == "default" else presets.tiny_zoo()
     return [BuiltinModel(spec, Preprocess(channels=1, size=_IMAGE_SIZE)) for spec in specs]
 
 

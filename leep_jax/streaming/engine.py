@@ -112,11 +112,18 @@ ONE_PASS_SCORES: dict[str, Callable[[Plan, Any], accumulators.Accumulator]] = {
         plan.num_target_classes, plan.feature_dim, shift=shift
     ),
 }
+
+
+# NLEEP's k-means++ start is random: one fixed key, so a score is reproducible. Made at
+# call time: an array at import would start JAX's backend before jax.distributed could.
+def nleep_key() -> jax.Array:
+    return jax.random.key(0)
+
+
 IN_MEMORY_SCORES: dict[str, Callable[..., jax.Array]] = {
     "sfda": scores.sfda,
     "parc": scores.parc,
-    # NLEEP's k-means++ start is random: one fixed key, so a score is reproducible.
-    "nleep": functools.partial(scores.nleep, key=jax.random.key(0)),
+    "nleep": lambda *args, **kwargs: scores.nleep(*args, key=nleep_key(), **kwargs),
 }
 
 
