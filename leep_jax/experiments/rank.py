@@ -2,13 +2,13 @@
 
 The job `leep-jax rank` does: one forward pass of the target training set through each
 source model gives logits and penultimate features together; LEEP and NCE come from
-the logits, the other scores (`leep_jax.scores.names.SCORE_NAMES`) from the features. Models are ranked by one of the scores (LEEP
-by default, rank 1 = highest score = predicted best transfer). With ``verify=True``
-every model is also fine-tuned on the task, and the rank correlation of each score
-with the accuracy actually reached is reported: Kendall's tau
-(`scipy.stats.kendalltau`) and the weighted tau of the model-ranking literature
-(`scipy.stats.weightedtau` with its defaults, which weights agreement at the top of
-the ranking most).
+the logits, the other scores (`leep_jax.scores.names.SCORE_NAMES`) from the features.
+Models are ranked by one of the scores (LEEP by default, rank 1 = highest score =
+predicted best transfer). With ``verify=True`` every model is also fine-tuned on the
+task, and the rank correlation of each score with the accuracy actually reached is
+reported: Kendall's tau (`scipy.stats.kendalltau`) and the weighted tau of the
+model-ranking literature (`scipy.stats.weightedtau` with its defaults, which weights
+agreement at the top of the ranking most).
 
 Example:
   >>> from leep_jax.data import load_target_task

@@ -243,6 +243,19 @@ class HScoreState(NamedTuple):
     shift: jax.Array  # f32[D]
 
 
+def first_batch_shift(
+    shift: jax.Array, count_so_far: jax.Array, features: jax.Array, valid: jax.Array
+) -> jax.Array:
+    """``shift`` once rows were counted, else the mean of this batch's ``valid`` rows.
+
+    The shift that feature sums are taken around: it cancels in the scores and keeps
+    float32 sums accurate for features far from zero.
+    """
+    count = jnp.sum(valid, dtype=jnp.float32)
+    total = jnp.sum(jnp.where(valid[:, None], features.astype(jnp.float32), 0), axis=0)
+    return jnp.where(count_so_far > 0, shift, total / jnp.maximum(count, 1))
+
+
 def _recentred(state: HScoreState, shift: jax.Array) -> HScoreState:
     """The same sums over ``f - shift`` instead of ``f - state.shift`` (exact algebra).
 
@@ -313,11 +326,8 @@ def h_score(
         check_batch(features, labels, feature_dim, "features")
         shift = fixed_shift
         if shift is None:
-            # The first batch with counted rows sets the shift to its mean.
             valid = ops.valid_rows(labels, num_target_classes, mask)
-            count = jnp.sum(valid, dtype=jnp.float32)
-            total = jnp.sum(jnp.where(valid[:, None], features.astype(jnp.float32), 0), axis=0)
-            shift = jnp.where(state.count > 0, state.shift, total / jnp.maximum(count, 1))
+            shift = first_batch_shift(state.shift, state.count, features, valid)
         sums = h_score_sums(features, labels, num_target_classes, mask=mask, shift=shift)
         batch = HScoreState(*(x.astype(jnp.float32) for x in sums), shift)
         return merge_h_score(state, batch)

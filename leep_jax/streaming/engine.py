@@ -226,11 +226,9 @@ def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forwa
     }
     shift = None
     if plan.reads_features:
-        # The feature sums are taken around the first counted batch's mean: it cancels
-        # in every score and keeps float32 sums accurate for features far from zero.
-        count = jnp.sum(mask, dtype=jnp.float32)
-        total = jnp.sum(jnp.where(mask[:, None], features.astype(jnp.float32), 0), axis=0)
-        shift = jnp.where(state["count"] > 0, state["feature_shift"], total / jnp.maximum(count, 1))
+        shift = accumulators.first_batch_shift(
+            state["feature_shift"], state["count"], features, mask
+        )
         new["feature_shift"] = shift
     for metric, acc in plan.accumulators(shift).items():
         values = predictions if metric in PREDICTION_SCORES else features
