@@ -70,7 +70,10 @@ class Results:
       complete: every row of the configuration is present.
       sessions: one `Session` per run.
       sources: per pair, its source model's metadata and pool forward-pass timing.
-      zoo: per zoo model, its metadata.
+      zoo: per zoo model, its metadata (``source_test_accuracy``, ``num_params``, ...).
+      lr_selection: per pair (and ``"rq4"``), the learning rates tried on validation
+        tasks, their mean validation accuracy and the chosen one
+        (`leep_jax.experiments.selection`).
       tasks: the RQ1-RQ3 rows.
       summary: RQ1/RQ3 correlations (`statistics.summarize`).
       rq2: RQ2 convergence (`statistics.convergence`).
@@ -84,6 +87,7 @@ class Results:
     sessions: list[Session] = dataclasses.field(default_factory=list)
     sources: dict[str, Any] = dataclasses.field(default_factory=dict)
     zoo: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lr_selection: dict[str, Any] = dataclasses.field(default_factory=dict)
     tasks: list[TaskRow] = dataclasses.field(default_factory=list)
     summary: dict[str, Any] = dataclasses.field(default_factory=dict)
     rq2: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -99,6 +103,7 @@ class Results:
             "sessions": [s.to_json() for s in self.sessions],
             "sources": jsonable(self.sources),
             "zoo": jsonable(self.zoo),
+            "lr_selection": jsonable(self.lr_selection),
             "tasks": [row.to_json() for row in self.tasks],
             "summary": jsonable(self.summary),
             "rq2": jsonable(self.rq2),
@@ -118,6 +123,7 @@ class Results:
             sessions=[Session.from_json(s) for s in record.get("sessions", [])],
             sources=record.get("sources", {}),
             zoo=record.get("zoo", {}),
+            lr_selection=record.get("lr_selection", {}),
             tasks=[TaskRow.from_json(row) for row in record["tasks"]],
             summary=record.get("summary", {}),
             rq2=record.get("rq2", {}),

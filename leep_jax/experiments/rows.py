@@ -50,7 +50,7 @@ class _JsonRow:
     and out); tuples are JSON lists.
     """
 
-    _BY_METHOD = frozenset({"accuracy", "curves", "steps"})
+    _BY_METHOD = frozenset({"accuracy", "curves", "steps", "at_chance"})
 
     def to_json(self) -> dict[str, Any]:
         """The row as stored in results.json (keys in the file's order)."""
@@ -96,11 +96,14 @@ class TaskRow(_JsonRow):
       n_test: test examples.
       class_counts: training examples per class, ``[Y]``.
       num_noisy_labels: training labels flipped (``small_noisy``).
-      scores: ``{"leep", "nce", "h_score"}`` on the training set (None: undefined).
+      scores: every score of `leep_jax.scores.SCORE_NAMES` on the training set
+        (None: undefined).
       accuracy: final test accuracy per method (`leep_jax.transfer.METHODS`).
       curves: test accuracy after each epoch of ``fine_tune`` and
         ``train_from_scratch``.
       steps: optimisation steps per method.
+      at_chance: per method, whether its test accuracy is no better than predicting
+        the test set's most frequent class (`leep_jax.experiments.measure.at_chance`).
       timings: seconds: ``scores_s``, ``retrain_head_s``, ``fine_tune_s``,
         ``scratch_s``, ``compile_s``.
       session: the run session (index into ``results.sessions``) that computed it.
@@ -120,6 +123,7 @@ class TaskRow(_JsonRow):
     accuracy: Mapping[Method, float]
     curves: Mapping[Method, tuple[float, ...]]
     steps: Mapping[Method, int]
+    at_chance: Mapping[Method, bool]
     timings: Mapping[str, float]
     session: int
 
@@ -136,8 +140,13 @@ class Rq4Row(_JsonRow):
       classes: the target pool's class ids of the task.
       num_classes: Y.
       n_train: training examples.
-      scores: ``{"leep", "nce", "h_score"}`` on the training set (None: undefined).
+      n_test: test examples.
+      scores: every score of `leep_jax.scores.SCORE_NAMES` on the training set
+        (None: undefined).
+      knn_accuracy: test accuracy of k-nearest-neighbour classification on the
+        model's target features (a baseline score).
       accuracy: final test accuracy of ``retrain_head`` and ``fine_tune``.
+      at_chance: per method, whether its test accuracy is at chance (as in `TaskRow`).
       timings: seconds: ``scores_s``, ``retrain_head_s``, ``fine_tune_s``.
       session: the run session that computed it.
     """
@@ -149,7 +158,10 @@ class Rq4Row(_JsonRow):
     classes: tuple[int, ...]
     num_classes: int
     n_train: int
+    n_test: int
     scores: Mapping[str, float | None]
+    knn_accuracy: float
     accuracy: Mapping[Method, float]
+    at_chance: Mapping[Method, bool]
     timings: Mapping[str, float]
     session: int
