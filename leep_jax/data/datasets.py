@@ -1,9 +1,12 @@
 """Datasets by name: `load_dataset`, `dataset_num_classes`, and `to_float` for batches.
 
-Names: ``"fashion_mnist"``, ``"digits"`` and ``"tfds:<name>"`` (see `leep_jax.data`).
+Names: ``"fashion_mnist"``, ``"fashion_mnist_rot4"``, ``"digits"`` and ``"tfds:<name>"``
+(see `leep_jax.data`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +19,37 @@ from leep_jax.data.tfds import load_tfds, tfds_num_classes
 __all__ = ["dataset_num_classes", "load_dataset", "to_float"]
 
 _TFDS_PREFIX = "tfds:"
-_BUILTIN_NUM_CLASSES = {"fashion_mnist": 10, "digits": 10}
+_BUILTIN_NUM_CLASSES = {"fashion_mnist": 10, "fashion_mnist_rot4": 40, "digits": 10}
+BUILTIN_DATASETS = tuple(_BUILTIN_NUM_CLASSES)
+_ROTATIONS = 4
+
+
+@functools.cache
+def load_fashion_mnist_rot4(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """FashionMNIST with a 40-class label space: each class crossed with four rotations.
+
+    Every image is rotated by ``r * 90`` degrees (counter-clockwise), ``r`` drawn once
+    per image from a fixed seed (per split), and labelled ``4 * c + r`` for its
+    FashionMNIST class ``c``: classes ``4c .. 4c + 3`` are class ``c`` in its four
+    orientations. A source trained on it has a large label space (40 classes) over the
+    same images as FashionMNIST, the construction the LEEP reproduction uses to test
+    LEEP against NCE with a many-class source.
+
+    Returns:
+      Read-only ``(images, labels)``: uint8 ``[n, 28, 28, 1]`` and int32 ``[n]`` in
+      0..39, ``n`` as in FashionMNIST's split.
+    """
+    images, labels = load_fashion_mnist(split)
+    seed = {"train": 0, "test": 1}.get(split, 2)
+    rotations = np.random.default_rng(seed).integers(0, _ROTATIONS, size=labels.shape[0])
+    out = np.empty_like(images)
+    for r in range(_ROTATIONS):
+        rows = rotations == r
+        out[rows] = np.rot90(images[rows], k=r, axes=(1, 2))
+    new_labels = (np.asarray(labels) * _ROTATIONS + rotations).astype(np.int32)
+    out.setflags(write=False)
+    new_labels.setflags(write=False)
+    return out, new_labels
 
 
 def _tfds_name(name: str) -> str:
@@ -28,7 +61,8 @@ def _tfds_name(name: str) -> str:
 
 def _unknown(name: str) -> ValueError:
     return ValueError(
-        f"unknown dataset {name!r}: expected 'fashion_mnist', 'digits' or 'tfds:<name>'"
+        f"unknown dataset {name!r}: expected 'fashion_mnist', 'fashion_mnist_rot4', 'digits' "
+        "or 'tfds:<name>'"
     )
 
 
@@ -38,9 +72,10 @@ def load_dataset(
     """Loads a split of a dataset by name.
 
     Args:
-      name: ``"fashion_mnist"``, ``"digits"`` or ``"tfds:<name>"``.
+      name: ``"fashion_mnist"``, ``"fashion_mnist_rot4"`` (`load_fashion_mnist_rot4`),
+        ``"digits"`` or ``"tfds:<name>"``.
       split: ``"train"`` or ``"test"`` (for TFDS, any TFDS split string).
-      image_size: output height and width. FashionMNIST is 28x28 only (None or 28);
+      image_size: output height and width. FashionMNIST (both forms) is 28x28 only (None or 28);
         digits default to 28; TFDS images keep their size unless given.
 
     Returns:
@@ -56,6 +91,10 @@ def load_dataset(
         if image_size not in (None, 28):
             raise ValueError(f"fashion_mnist images are 28x28, got image_size={image_size}")
         return load_fashion_mnist(split)
+    if name == "fashion_mnist_rot4":
+        if image_size not in (None, 28):
+            raise ValueError(f"fashion_mnist_rot4 images are 28x28, got image_size={image_size}")
+        return load_fashion_mnist_rot4(split)
     if name == "digits":
         return load_digits(split, size=28 if image_size is None else image_size)
     if name.startswith(_TFDS_PREFIX):

@@ -30,6 +30,7 @@ whole dataset can be reused per task through ``train_indices`` / ``test_indices`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -317,6 +318,7 @@ def sample_tasks(
     noise_rate: float = 0.0,
     max_test_per_class: int | None = None,
     dataset: str = "target",
+    distinct: bool = False,
 ) -> list[TargetTask]:
     """Samples random target tasks: class subsets of random size from a class pool.
 
@@ -324,6 +326,12 @@ def sample_tasks(
     many distinct classes from ``class_pool`` (sorted, then relabelled 0..k-1), then
     builds the task with :func:`make_task`. Each task has its own child of
     ``np.random.SeedSequence(seed)``, so task i is the same whatever ``num_tasks`` is.
+
+    With ``distinct=True`` no two tasks share a class set (in the large regime, where a
+    task takes every pool example of its classes, two tasks with one class set would be
+    the same task): task i draws its class count uniformly among the counts that still
+    have an unused class set, then one of those sets uniformly. Task i still does not
+    depend on ``num_tasks``.
 
     Args:
       train: the dataset's ``(images, labels)`` training split.
@@ -336,6 +344,7 @@ def sample_tasks(
       regime, max_per_class, imbalance_ratio, noise_rate, max_test_per_class: as
         :func:`make_task`, for every task.
       dataset: dataset name, recorded in the tasks and their names.
+      distinct: no repeated class sets (see above).
 
     Returns:
       ``num_tasks`` TargetTasks named ``f"{dataset}-s{seed}-t{i:03d}"``.
@@ -354,11 +363,16 @@ def sample_tasks(
         )
     if num_tasks < 1:
         raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    class_sets = None
+    if distinct:
+        class_sets = distinct_class_sets(pool, num_tasks, seed, min_classes, max_classes)
     tasks = []
     for i, child in enumerate(np.random.SeedSequence(seed).spawn(num_tasks)):
         rng = np.random.default_rng(child)
         k = int(rng.integers(min_classes, max_classes + 1))
         classes = sorted(int(c) for c in rng.choice(pool, size=k, replace=False))
+        if class_sets is not None:
+            classes = list(class_sets[i])
         tasks.append(
             make_task(
                 train,
@@ -375,3 +389,44 @@ def sample_tasks(
             )
         )
     return tasks
+
+
+def num_class_sets(pool_size: int, min_classes: int, max_classes: int) -> int:
+    """How many distinct class sets of ``min_classes..max_classes`` classes a pool has."""
+    return sum(math.comb(pool_size, k) for k in range(min_classes, max_classes + 1))
+
+
+def distinct_class_sets(
+    class_pool: Sequence[int], num_sets: int, seed: int, min_classes: int, max_classes: int
+) -> list[tuple[int, ...]]:
+    """``num_sets`` different sorted class sets, drawn as `sample_tasks` does with
+    ``distinct=True`` (set i does not depend on ``num_sets``).
+
+    Raises:
+      ValueError: the pool has fewer than ``num_sets`` class sets of those sizes.
+    """
+    pool = tuple(sorted(int(c) for c in class_pool))
+    available = num_class_sets(len(pool), min_classes, max_classes)
+    if num_sets > available:
+        raise ValueError(
+            f"asked for {num_sets} distinct class sets of {min_classes}..{max_classes} classes, "
+            f"but a pool of {len(pool)} classes has only {available}"
+        )
+    rng = np.random.default_rng([seed, 1])
+    used: set[tuple[int, ...]] = set()
+    sizes = list(range(min_classes, max_classes + 1))
+    out = []
+    for _ in range(num_sets):
+        open_sizes = [k for k in sizes if sum(len(c) == k for c in used) < math.comb(len(pool), k)]
+        k = open_sizes[int(rng.integers(len(open_sizes)))]
+        if math.comb(len(pool), k) <= 4096:  # small: draw among the unused sets exactly
+            unused = [c for c in itertools.combinations(pool, k) if c not in used]
+            chosen = unused[int(rng.integers(len(unused)))]
+        else:  # large: collisions are rare, so redraw until unused
+            while True:
+                chosen = tuple(sorted(int(c) for c in rng.choice(pool, size=k, replace=False)))
+                if chosen not in used:
+                    break
+        used.add(chosen)
+        out.append(chosen)
+    return out

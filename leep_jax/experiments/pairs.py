@@ -12,7 +12,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 
-from leep_jax.data import dataset_num_classes
+from leep_jax.data import BUILTIN_DATASETS, dataset_num_classes
 
 __all__ = ["DatasetSlice", "Pair", "parse_pair"]
 
@@ -99,10 +99,10 @@ def _parse_slice(text: str, pair_text: str) -> DatasetSlice:
     if dataset.startswith("tfds:"):
         if not dataset[len("tfds:") :]:
             raise ValueError(f"bad pair {pair_text!r}: give a TFDS name after 'tfds:'")
-    elif dataset not in ("fashion_mnist", "digits"):
+    elif dataset not in BUILTIN_DATASETS:
         raise ValueError(
-            f"bad pair {pair_text!r}: unknown dataset {dataset!r} (expected fashion_mnist, "
-            "digits or tfds:NAME)"
+            f"bad pair {pair_text!r}: unknown dataset {dataset!r} (expected one of "
+            f"{', '.join(BUILTIN_DATASETS)} or tfds:NAME)"
         )
     classes = None
     if match["classes"] is not None:

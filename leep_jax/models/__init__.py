@@ -19,6 +19,7 @@ from leep_jax.models.common import (
     SourceModel,
     build_model,
     check_images,
+    count_params,
     forward,
     model_names,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "build_model",
     "cache_dir",
     "check_images",
+    "count_params",
     "forward",
     "load_metadata",
     "load_model",

@@ -239,3 +239,8 @@ def build_model(name: str, *, rngs: nnx.Rngs | None = None, **kwargs: Any) -> So
         return _REGISTRY[name](rngs=nnx.Rngs(0) if rngs is None else rngs, **kwargs)
     except TypeError as error:  # unexpected or missing keyword arguments
         raise ValueError(f"bad arguments {kwargs} for model {name!r}: {error}") from error
+
+
+def count_params(model: nnx.Module) -> int:
+    """The number of trainable parameters (`nnx.Param` leaves) of ``model``."""
+    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -36,6 +36,12 @@ class TrainConfig:
 
     Attributes:
         epochs: passes over the training set; an epoch is ``ceil(n / batch_size)`` steps.
+        steps: a fixed budget of optimisation steps instead (None: ``epochs`` epochs).
+            Training then takes exactly ``steps`` steps whatever the training set's
+            size, passing over the data again as often as needed (the last pass may
+            stop part way); ``epochs`` is ignored.
+        eval_every: with evaluation data, evaluate after every ``eval_every`` steps and
+            at the end (None: after every epoch).
         batch_size: examples per step (fixed, see the module docstring).
         learning_rate: peak learning rate of the schedule.
         momentum: SGD momentum.
@@ -55,6 +61,8 @@ class TrainConfig:
     """
 
     epochs: int
+    steps: int | None = None
+    eval_every: int | None = None
     batch_size: int = 128
     learning_rate: float = 0.05
     momentum: float = 0.9
@@ -71,6 +79,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("steps", "eval_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eval_batch_size < 1:

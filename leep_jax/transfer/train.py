@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import threading
 import time
@@ -73,8 +74,9 @@ class FitHistory:
     """What `fit` measured.
 
     Attributes:
-        train_loss: mean training cross-entropy of each epoch, ``[epochs]``.
-        test_accuracy: accuracy on the evaluation set after each epoch, ``[epochs]``
+        train_loss: mean training cross-entropy of each epoch (of each ``eval_every``
+            steps when the config sets it; the last segment may be shorter).
+        test_accuracy: accuracy on the evaluation set after each of those segments
             (empty when no evaluation set was given).
         num_steps: optimisation steps taken.
         wall_time_s: wall-clock seconds of the whole run, compilation and evaluation
@@ -453,7 +455,8 @@ def fit(
         images: ``[n, h, w, c]`` uint8 or float images (or ``[n, d]`` features).
         labels: ``[n]`` int labels in ``[0, num_classes)``.
         config: the recipe.
-        eval_images: optional evaluation inputs, scored exactly after every epoch.
+        eval_images: optional evaluation inputs, scored exactly after every epoch (or
+            every ``config.eval_every`` steps) and at the end.
         eval_labels: their ``[m]`` labels.
         progress: show a tqdm bar over the steps.
         desc: the bar's label.
@@ -474,7 +477,10 @@ def fit(
     labels = np.asarray(labels, np.int32)
     n = images.shape[0]
     steps_per_epoch = math.ceil(n / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = config.steps or steps_per_epoch * config.epochs
+    # Losses are averaged, and the model evaluated, at the end of each segment: an
+    # epoch, or ``eval_every`` steps, and the last step.
+    segment = config.eval_every or steps_per_epoch
     schedule = learning_rate_schedule(config, total_steps)
     learning_rates = np.asarray(jax.vmap(schedule)(jnp.arange(total_steps)), np.float32)
 
@@ -484,37 +490,40 @@ def fit(
     opt_state = options.unit_recipe().init(params)
     base_key = jax.random.key(config.seed)
     rng = np.random.default_rng(config.seed)
+    batches = itertools.chain.from_iterable(
+        _epoch_order(rng, n, config.batch_size) for _ in itertools.count()
+    )
 
     train_losses, accuracies = [], []
     compile_s = 0.0
     step_fn = _program(_train_step, graphdef, options)
     bar = tqdm(total=total_steps, desc=desc, disable=not progress, leave=False)
-    step = 0
     try:
-        for epoch in range(config.epochs):
-            epoch_losses = []
-            for batch_index in _epoch_order(rng, n, config.batch_size):
-                args = (
-                    params,
-                    rest,
-                    opt_state,
-                    images[batch_index],
-                    labels[batch_index],
-                    learning_rates[step],
-                    base_key,
-                    np.int32(step),
-                )
-                (params, rest, opt_state, loss), seconds = _call(step_fn, *args)
-                compile_s += seconds
-                if epoch_losses:
-                    # One step stays in flight; the bar tracks finished steps.
-                    epoch_losses[-1].block_until_ready()
-                epoch_losses.append(loss)
-                step += 1
-                bar.update(1)
-            train_losses.append(float(jnp.mean(jnp.stack(epoch_losses))))
-            last_epoch = epoch == config.epochs - 1
-            if eval_images is not None or last_epoch:
+        segment_losses = []
+        for step, batch_index in zip(range(total_steps), batches, strict=False):
+            args = (
+                params,
+                rest,
+                opt_state,
+                images[batch_index],
+                labels[batch_index],
+                learning_rates[step],
+                base_key,
+                np.int32(step),
+            )
+            (params, rest, opt_state, loss), seconds = _call(step_fn, *args)
+            compile_s += seconds
+            if segment_losses:
+                # One step stays in flight; the bar tracks finished steps.
+                segment_losses[-1].block_until_ready()
+            segment_losses.append(loss)
+            bar.update(1)
+            last_step = step == total_steps - 1
+            if (step + 1) % segment and not last_step:
+                continue
+            train_losses.append(float(jnp.mean(jnp.stack(segment_losses))))
+            segment_losses = []
+            if eval_images is not None or last_step:
                 # The moving averages stay in the loop's `rest` (they do not affect the
                 # parameters); the model gets recalibrated statistics.
                 nnx.update(model, params, rest)

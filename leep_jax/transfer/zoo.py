@@ -27,7 +27,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from leep_jax.data import load_dataset
-from leep_jax.models import build_model, load_metadata, load_model, save_model
+from leep_jax.models import build_model, count_params, load_metadata, load_model, save_model
 from leep_jax.models.checkpoint import model_checkpoint_path
 from leep_jax.transfer.train import TrainConfig, evaluate, fit
 
@@ -163,7 +163,9 @@ def source_metadata(spec: SourceSpec) -> dict[str, Any] | None:
     """The metadata stored with the spec's cached model, or None if none is cached.
 
     Keys: ``spec`` (`SourceSpec.to_dict`), ``source_test_accuracy``,
-    ``source_train_examples``, ``num_steps``, ``train_time_s``.
+    ``source_test_accuracy_curve`` (after each epoch), ``num_params``,
+    ``source_train_examples``, ``num_steps``, ``train_time_s`` (models cached by older
+    versions lack the curve and the parameter count).
     """
     path = source_checkpoint_path(spec)
     if not path.exists():
@@ -227,6 +229,8 @@ def train_source_model(
         train_images,
         train_labels,
         spec.train_config(),
+        eval_images=test_images,
+        eval_labels=test_labels,
         progress=progress,
         desc=spec.name,
     )
@@ -234,6 +238,9 @@ def train_source_model(
     metadata = {
         "spec": wanted,
         "source_test_accuracy": accuracy,
+        # After each epoch: whether training had converged shows in its last values.
+        "source_test_accuracy_curve": list(history.test_accuracy),
+        "num_params": count_params(model),
         "source_train_examples": int(train_labels.size),
         "num_steps": history.num_steps,
         "train_time_s": time.perf_counter() - start,
