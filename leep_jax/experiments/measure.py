@@ -1,11 +1,14 @@
 """What the experiment measures on one target task: scores and transfer accuracies.
 
-`task_row` makes one typed RQ1-RQ3 row (`TaskRow`): LEEP, NCE and H-score from the
-source model's cached pool outputs (`task_scores`), then head re-training on the
+`task_row` makes one typed RQ1-RQ3 row (`TaskRow`): every score of the library from
+the source model's cached pool outputs (`task_scores`), then head re-training on the
 cached features (`leep_jax.transfer.train_head`: the second half of `retrain_head`,
 whose first half, the forward pass, the pool already did), fine-tuning and training
-from scratch. `rq4_row` makes one RQ4 row (`Rq4Row`): the same scores, head
-re-training and fine-tuning for one zoo model.
+from scratch for a fixed number of SGD steps, each run flagged when it ends at chance
+(`at_chance`). `rq4_row` makes one RQ4 row (`Rq4Row`): the same scores, a
+k-nearest-neighbour baseline, head re-training and fine-tuning for one zoo model.
+`validation_run` is one run of the learning-rate search
+(`leep_jax.experiments.learning_rates`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
+import scipy.stats
 from flax import nnx
 
 from leep_jax.data.tasks import TargetTask
@@ -25,12 +29,19 @@ from leep_jax.experiments.config import (
 )
 from leep_jax.experiments.pools import PoolOutputs
 from leep_jax.experiments.rows import Rq4Row, TaskRow
-from leep_jax.experiments.statistics import EXPERIMENT_SCORES
+from leep_jax.scores.names import SCORE_NAMES
 from leep_jax.streaming import engine, sources
 from leep_jax.transfer.methods import fine_tune, train_from_scratch, train_head
 from leep_jax.transfer.train import evaluate
 
-__all__ = ["rq4_row", "task_row", "task_scores"]
+__all__ = [
+    "at_chance",
+    "knn_accuracy",
+    "rq4_row",
+    "task_row",
+    "task_scores",
+    "validation_run",
+]
 
 
 def _bucket(n: int) -> int:
@@ -45,13 +56,13 @@ def task_scores(
     *,
     pad_to: int | None = None,
 ) -> dict[str, float]:
-    """LEEP and NCE of the logits and H-score of the features for one task.
+    """Every score of the library (`SCORE_NAMES`) for one task.
 
     One batch through the scoring engine, jitted per shape and class count. Rows are
     padded (and masked out) to ``pad_to`` rows, or the next power of two, and
     ``num_classes`` may exceed the
-    task's class count: classes absent from the labels contribute nothing to any of
-    the three scores, so both give exactly the task's scores while one compilation
+    task's class count: classes absent from the labels contribute nothing to any
+    score, so both give exactly the task's scores while one compilation
     serves every task of a pool.
 
     Args:
@@ -62,7 +73,7 @@ def task_scores(
       pad_to: rows to pad to (>= n); default the next power of two (at least 64).
 
     Returns:
-      ``{"leep", "nce", "h_score"}`` as floats.
+      ``{score name: value}`` for every name of `SCORE_NAMES`.
     """
     n = labels.shape[0]
     size = _bucket(n) if pad_to is None else pad_to
@@ -80,7 +91,7 @@ def task_scores(
             arrays, labels_p, num_classes, size, mask=mask
         ),
         num_classes,
-        EXPERIMENT_SCORES,
+        SCORE_NAMES,
     )
     return result.scores
 
@@ -126,7 +137,41 @@ def _task_fields(task: TargetTask) -> dict[str, Any]:
         "classes": tuple(task.classes),
         "num_classes": task.num_classes,
         "n_train": int(task.train_indices.size),
+        "n_test": int(task.test_indices.size),
     }
+
+
+def at_chance(accuracy: float, test_labels: np.ndarray, alpha: float) -> bool:
+    """Whether ``accuracy`` on ``test_labels`` is no better than chance.
+
+    Chance is always predicting the test set's most frequent class; the run is at
+    chance when a one-sided binomial test of its correct predictions against that
+    rate does not reject at level ``alpha``.
+    """
+    labels = np.asarray(test_labels)
+    n = labels.size
+    majority = np.bincount(labels).max() / n
+    correct = round(accuracy * n)
+    return bool(scipy.stats.binomtest(correct, n, majority, alternative="greater").pvalue > alpha)
+
+
+def knn_accuracy(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    test_features: np.ndarray,
+    test_labels: np.ndarray,
+    k: int,
+) -> float:
+    """Test accuracy of a k-nearest-neighbour classifier (Euclidean) on the features."""
+    from sklearn.neighbors import KNeighborsClassifier  # the experiments extra
+
+    classifier = KNeighborsClassifier(n_neighbors=min(k, len(train_labels)))
+    classifier.fit(np.asarray(train_features, np.float64), train_labels)
+    return float(classifier.score(np.asarray(test_features, np.float64), test_labels))
+
+
+def _flags(config: ExperimentConfig, task: TargetTask, accuracy: dict[str, float]):
+    return {m: at_chance(a, task.test_labels, config.chance_alpha) for m, a in accuracy.items()}
 
 
 def task_row(
@@ -137,10 +182,11 @@ def task_row(
     index: int,
     outputs: PoolOutputs,
     source_model: nnx.Module,
+    learning_rates: dict[str, float],
     config: ExperimentConfig,
     session: int,
 ) -> TaskRow:
-    """One RQ1-RQ3 row: the three scores and the three methods' accuracies on ``task``.
+    """One RQ1-RQ3 row: every score and the three methods' accuracies on ``task``.
 
     Args:
       task: a task of the pair's pool.
@@ -150,6 +196,8 @@ def task_row(
       index: the task's index within the pair and regime.
       outputs: the source model's outputs over the pool.
       source_model: the pair's source model (fine-tuned copies are trained).
+      learning_rates: the pair's chosen peak learning rate of ``fine_tune`` and of
+        ``train_from_scratch``.
       config: the experiment's configuration.
       session: the current session's index.
     """
@@ -157,36 +205,35 @@ def task_row(
     timings: dict[str, float] = {}
     scores, head_accuracy, head_steps = _scores_and_head(task, outputs, config, seed, timings)
 
-    epochs = config.epochs[regime]
-    tuned = fine_tune(
-        source_model,
-        task,
-        transfer_recipe(config, task.dataset, epochs, config.fine_tune_lr, seed),
-    )
+    def recipe(method: str):
+        lr = learning_rates[method]
+        return transfer_recipe(config, task.dataset, config.train_steps, lr, seed)
+
+    tuned = fine_tune(source_model, task, recipe("fine_tune"))
     timings["fine_tune_s"] = tuned.wall_time_s
     scratch = train_from_scratch(
         config.architecture,
         task,
-        transfer_recipe(config, task.dataset, epochs, config.scratch_lr, seed),
+        recipe("train_from_scratch"),
         model_kwargs=dict(config.model_kwargs),
     )
     timings["scratch_s"] = scratch.wall_time_s
     timings["compile_s"] = tuned.compile_time_s + scratch.compile_time_s
+    accuracy = {
+        "retrain_head": head_accuracy,
+        "fine_tune": tuned.test_accuracy,
+        "train_from_scratch": scratch.test_accuracy,
+    }
     return TaskRow(
         id=ident,
         pair=pair,
         regime=regime,
         task_index=index,
         **_task_fields(task),
-        n_test=int(task.test_indices.size),
         class_counts=tuple(task.train_class_counts.tolist()),
         num_noisy_labels=task.num_noisy_labels,
         scores=scores,
-        accuracy={
-            "retrain_head": head_accuracy,
-            "fine_tune": tuned.test_accuracy,
-            "train_from_scratch": scratch.test_accuracy,
-        },
+        accuracy=accuracy,
         curves={
             "fine_tune": tuned.test_accuracy_curve,
             "train_from_scratch": scratch.test_accuracy_curve,
@@ -196,6 +243,7 @@ def task_row(
             "fine_tune": tuned.num_steps,
             "train_from_scratch": scratch.num_steps,
         },
+        at_chance=_flags(config, task, accuracy),
         timings=timings,
         session=session,
     )
@@ -209,10 +257,12 @@ def rq4_row(
     model_name: str,
     model: nnx.Module,
     outputs: PoolOutputs,
+    learning_rate: float,
     config: ExperimentConfig,
     session: int,
 ) -> Rq4Row:
-    """One RQ4 row: the scores of zoo model ``model`` on ``task`` and its accuracies.
+    """One RQ4 row: the scores of zoo model ``model`` on ``task``, the kNN baseline on
+    its features, and its accuracies (fine-tuning at RQ4's chosen ``learning_rate``).
 
     The training seed depends on the task only, so every model of the zoo is
     transferred with the same data order.
@@ -220,12 +270,22 @@ def rq4_row(
     seed = derive_seed(config.seed, "rq4", target, index)
     timings: dict[str, float] = {}
     scores, head_accuracy, _ = _scores_and_head(task, outputs, config, seed, timings)
+    start = time.perf_counter()
+    knn = knn_accuracy(
+        outputs.train_features[task.train_indices],
+        task.train_labels,
+        outputs.test_features[task.test_indices],
+        task.test_labels,
+        config.knn_neighbors,
+    )
+    timings["knn_s"] = time.perf_counter() - start
     tuned = fine_tune(
         model,
         task,
-        transfer_recipe(config, task.dataset, config.rq4_epochs, config.fine_tune_lr, seed),
+        transfer_recipe(config, task.dataset, config.rq4_train_steps, learning_rate, seed),
     )
     timings["fine_tune_s"] = tuned.wall_time_s
+    accuracy = {"retrain_head": head_accuracy, "fine_tune": tuned.test_accuracy}
     return Rq4Row(
         id=ident,
         target=target,
@@ -233,7 +293,36 @@ def rq4_row(
         model=model_name,
         **_task_fields(task),
         scores=scores,
-        accuracy={"retrain_head": head_accuracy, "fine_tune": tuned.test_accuracy},
+        knn_accuracy=knn,
+        accuracy=accuracy,
+        at_chance=_flags(config, task, accuracy),
         timings=timings,
         session=session,
     )
+
+
+def validation_run(
+    method: str,
+    task: TargetTask,
+    ident: str,
+    learning_rate: float,
+    steps: int,
+    config: ExperimentConfig,
+    *,
+    source_model: nnx.Module | None = None,
+) -> float:
+    """Validation accuracy of one learning-rate trial: ``method`` (``fine_tune`` of
+    ``source_model``, or ``train_from_scratch`` of ``config.architecture``) on a
+    validation task, with the recipe the experiment uses."""
+    recipe = transfer_recipe(
+        config, task.dataset, steps, learning_rate, derive_seed(config.seed, ident)
+    )
+    if method == "fine_tune":
+        if source_model is None:
+            raise ValueError("fine_tune needs a source model")
+        return fine_tune(source_model, task, recipe).test_accuracy
+    if method == "train_from_scratch":
+        return train_from_scratch(
+            config.architecture, task, recipe, model_kwargs=dict(config.model_kwargs)
+        ).test_accuracy
+    raise ValueError(f"no learning rate is chosen for method {method!r}")

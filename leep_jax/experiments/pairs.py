@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from leep_jax.data import BUILTIN_DATASETS, dataset_num_classes
 
-__all__ = ["DatasetSlice", "Pair", "parse_pair"]
+__all__ = ["DatasetSlice", "Pair", "parse_pair", "parse_slice"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,3 +163,14 @@ def parse_pair(text: str) -> Pair:
         raise ValueError(f"bad pair {text!r}: {_PAIR_HELP}")
     source, target = _split_pair(text.strip())
     return Pair(_parse_slice(source, text), _parse_slice(target, text))
+
+
+def parse_slice(text: str) -> DatasetSlice:
+    """Parses one side of a pair, ``DATASET`` or ``DATASET[CLASSES]`` (see `parse_pair`).
+
+    Raises:
+      ValueError: a malformed slice, an unknown dataset or classes out of range.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"bad dataset {text!r}: expected e.g. 'digits' or 'fashion_mnist[5-9]'")
+    return _parse_slice(text, text)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from leep_jax.data import dataset_num_classes, load_dataset, sample_tasks
 from leep_jax.data.task import match_channels
-from leep_jax.data.tasks import TargetTask
+from leep_jax.data.tasks import TargetTask, num_class_sets
 from leep_jax.experiments.config import ExperimentConfig, derive_seed
 from leep_jax.experiments.pairs import DatasetSlice
 from leep_jax.transfer.train import predict
@@ -27,11 +27,14 @@ __all__ = [
     "Pool",
     "PoolOutputs",
     "load_pool",
+    "lr_run_id",
     "pair_tasks",
     "pool_outputs",
     "rq4_row_id",
     "rq4_tasks",
+    "task_count",
     "task_id",
+    "validation_tasks",
 ]
 
 
@@ -105,36 +108,80 @@ def _regime_kwargs(regime: str, config: ExperimentConfig) -> dict[str, Any]:
     return kwargs
 
 
-def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> list[TargetTask]:
-    """The RQ1-RQ3 tasks of a pair in one regime (2..``max_classes`` classes each)."""
+def _max_classes(pool: Pool, cap: int | None) -> int:
     classes = pool.target.class_ids()
-    max_classes = len(classes) if config.max_classes is None else config.max_classes
+    return len(classes) if cap is None else min(cap, len(classes))
+
+
+def task_count(target: DatasetSlice, requested: int, max_classes: int | None) -> int:
+    """How many tasks a pool gives: ``requested``, or fewer when the pool has fewer
+    distinct class sets of 2..``max_classes`` classes (tasks never share one)."""
+    size = len(target.class_ids())
+    top = size if max_classes is None else min(max_classes, size)
+    return min(requested, num_class_sets(size, 2, top))
+
+
+def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> list[TargetTask]:
+    """The RQ1-RQ3 tasks of a pair in one regime: 2..``max_classes`` classes each, no
+    two with the same class set (`task_count` of them)."""
     return sample_tasks(
         pool.train,
         pool.test,
-        class_pool=classes,
-        num_tasks=config.tasks_per_regime[regime],
+        class_pool=pool.target.class_ids(),
+        num_tasks=task_count(pool.target, config.tasks_per_regime[regime], config.max_classes),
         seed=derive_seed(config.seed, pair, regime),
         min_classes=2,
-        max_classes=min(max_classes, len(classes)),
+        max_classes=_max_classes(pool, config.max_classes),
         dataset=pool.target.dataset,
+        distinct=True,
         **_regime_kwargs(regime, config),
     )
 
 
 def rq4_tasks(pool: Pool, config: ExperimentConfig) -> list[TargetTask]:
-    """The RQ4 tasks of a target pool (``rq4_num_classes`` classes each, large regime)."""
-    classes = pool.target.class_ids()
-    k = min(config.rq4_num_classes, len(classes))
+    """The RQ4 tasks of a target pool: large regime, 2..``rq4_max_classes`` classes,
+    distinct class sets."""
     return sample_tasks(
         pool.train,
         pool.test,
-        class_pool=classes,
-        num_tasks=config.rq4_tasks,
+        class_pool=pool.target.class_ids(),
+        num_tasks=task_count(pool.target, config.rq4_tasks, config.rq4_max_classes),
         seed=derive_seed(config.seed, "rq4", pool.target),
-        min_classes=k,
-        max_classes=k,
+        min_classes=2,
+        max_classes=_max_classes(pool, config.rq4_max_classes),
         dataset=pool.target.dataset,
+        distinct=True,
+        regime="large",
+    )
+
+
+def validation_tasks(pool: Pool, scope: str, config: ExperimentConfig) -> list[TargetTask]:
+    """Tasks that choose learning rates: built from the pool's TRAINING split only.
+
+    Each class's pool training examples are split (seeded) into a part the validation
+    tasks train on and a ``validation_fraction`` they are evaluated on; the test split,
+    on which the experiment's accuracies are measured, is never used.
+    """
+    labels = pool.train[1]
+    rng = np.random.default_rng(derive_seed(config.seed, "validation", scope))
+    fit_rows, val_rows = [], []
+    for c in pool.target.class_ids():
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        held_out = max(1, round(config.validation_fraction * rows.size))
+        val_rows.append(rows[:held_out])
+        fit_rows.append(rows[held_out:])
+    fit, val = np.sort(np.concatenate(fit_rows)), np.sort(np.concatenate(val_rows))
+    images = pool.train[0]
+    return sample_tasks(
+        (images[fit], labels[fit]),
+        (images[val], labels[val]),
+        class_pool=pool.target.class_ids(),
+        num_tasks=task_count(pool.target, config.validation_tasks, config.max_classes),
+        seed=derive_seed(config.seed, "validation-tasks", scope),
+        min_classes=2,
+        max_classes=_max_classes(pool, config.max_classes),
+        dataset=pool.target.dataset,
+        distinct=True,
         regime="large",
     )
 
@@ -142,6 +189,11 @@ def rq4_tasks(pool: Pool, config: ExperimentConfig) -> list[TargetTask]:
 def task_id(pair: str, regime: str, index: int) -> str:
     """The deterministic id of target task ``index`` of a pair and regime."""
     return f"{pair}|{regime}|{index:03d}"
+
+
+def lr_run_id(scope: str, method: str, learning_rate: float, index: int) -> str:
+    """The deterministic id of one learning-rate validation run."""
+    return f"lr|{scope}|{method}|{learning_rate:g}|{index:03d}"
 
 
 def rq4_row_id(target: str, index: int, model: str) -> str:

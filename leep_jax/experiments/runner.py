@@ -39,25 +39,30 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
+from flax import nnx
 from tqdm.auto import tqdm
 
-from leep_jax.experiments import report
-from leep_jax.experiments.config import ExperimentConfig, source_spec
-from leep_jax.experiments.measure import rq4_row, task_row
-from leep_jax.experiments.pairs import Pair
+from leep_jax.data.tasks import TargetTask
+from leep_jax.experiments import learning_rates, report
+from leep_jax.experiments.config import METHODS_WITH_LR, ExperimentConfig, source_spec
+from leep_jax.experiments.measure import rq4_row, task_row, validation_run
+from leep_jax.experiments.pairs import Pair, parse_slice
 from leep_jax.experiments.pools import (
     Pool,
     load_pool,
+    lr_run_id,
     pair_tasks,
     pool_outputs,
     rq4_row_id,
     rq4_tasks,
+    task_count,
     task_id,
+    validation_tasks,
 )
 from leep_jax.experiments.results import (
     RESULTS_FILE,
@@ -110,56 +115,161 @@ class _Run:
         metadata = source_metadata(spec) or {}
         return {"spec": spec.to_dict(), **{k: v for k, v in metadata.items() if k != "spec"}}
 
+    def source(self, pair: Pair) -> nnx.Module:
+        """The pair's source model (trained or loaded), its metadata recorded."""
+        spec = source_spec(self.config, pair.source)
+        self.bar.set_postfix_str(f"source {spec.name}")
+        model = train_source_model(spec, progress=self.progress)
+        self.results.sources.setdefault(str(pair), {}).update(self.model_info(spec))
+        return model
+
+    def zoo_model(self, spec: SourceSpec) -> nnx.Module:
+        self.bar.set_postfix_str(f"zoo {spec.name}")
+        model = train_source_model(spec, progress=self.progress)
+        self.results.zoo[spec.name] = self.model_info(spec)
+        return model
+
+    def learning_rates(self, scope: str) -> dict[str, float]:
+        """The chosen rate of each method of ``scope`` (the search must be complete)."""
+        entries = self.results.lr_selection[scope]
+        return {method: entry["chosen"] for method, entry in entries.items()}
+
 
 Row = TaskRow | Rq4Row
-Work = Iterator[tuple[list[Any], Callable[[], Row]]]
+# A unit of work: where its value goes (called in the main thread) and what computes it.
+Work = Iterator[tuple[Callable[[Any], None], Callable[[], Any]]]
+
+
+def _lr_entry(run: _Run, scope: str, method: str, num_runs: int) -> dict[str, Any]:
+    entries = run.results.lr_selection.setdefault(scope, {})
+    if method not in entries:
+        entries[method] = learning_rates.new_entry(run.config.lr_grid, num_runs)
+    return entries[method]
+
+
+def _lr_trials(
+    run: _Run,
+    scope: str,
+    method: str,
+    trials: Sequence[tuple[TargetTask, nnx.Module | None]],
+    steps: int,
+) -> Work:
+    """The validation runs of one (scope, method): every rate of the grid on every trial
+    (a validation task, with the source model to fine-tune)."""
+    entry = _lr_entry(run, scope, method, len(trials))
+    for r, lr in enumerate(run.config.lr_grid):
+        for t, (task, model) in enumerate(trials):
+            ident = lr_run_id(scope, method, lr, t)
+            if entry["validation_accuracy"][r][t] is not None:
+                continue
+            run.bar.set_postfix_str(f"{scope} {method} lr={lr:g} {t}")
+            yield (
+                functools.partial(learning_rates.record_run, entry, r, t),
+                functools.partial(
+                    validation_run,
+                    method,
+                    task,
+                    ident,
+                    lr,
+                    steps,
+                    run.config,
+                    source_model=model,
+                ),
+            )
+
+
+def _lr_work(run: _Run, pair: Pair) -> Work:
+    """The learning-rate search of one pair (fine-tuning its source, training from
+    scratch), on the pair's validation tasks."""
+    config, name = run.config, str(pair)
+    tasks = None
+    for method in METHODS_WITH_LR:
+        entry = run.results.lr_selection.get(name, {}).get(method)
+        if entry is not None and entry["chosen"] is not None:
+            continue
+        if tasks is None:
+            pool = run.pools[str(pair.target)]
+            model = run.source(pair)
+            pool = pool.with_channels(model.in_channels)
+            tasks = validation_tasks(pool, name, config)
+        trials = [(task, model if method == "fine_tune" else None) for task in tasks]
+        yield from _lr_trials(run, name, method, trials, config.train_steps)
+
+
+def _rq4_lr_work(run: _Run) -> Work:
+    """RQ4's fine-tuning rate, searched with ``config.lr_models`` on validation tasks of
+    every RQ4 target."""
+    config = run.config
+    scope = learning_rates.RQ4_SCOPE
+    entry = run.results.lr_selection.get(scope, {}).get("fine_tune")
+    if not config.zoo or (entry is not None and entry["chosen"] is not None):
+        return
+    trials = []
+    for spec in config.lr_models:
+        model = run.zoo_model(spec)
+        for target in config.rq4_targets:
+            pool = run.pools[target].with_channels(model.in_channels)
+            trials += [(task, model) for task in validation_tasks(pool, f"rq4|{target}", config)]
+    yield from _lr_trials(run, scope, "fine_tune", trials, config.rq4_train_steps)
 
 
 def _pair_work(run: _Run, pair: Pair) -> Work:
-    """RQ1-RQ3 rows of one pair, as ``(rows, compute)``: the source model is trained (or
-    loaded) when the first row is asked for, and ``compute()`` makes one row."""
+    """RQ1-RQ3 rows of one pair: the source model is loaded when the first row is asked
+    for, and each item's ``compute()`` makes one row."""
     config, name = run.config, str(pair)
-    ids = [task_id(name, r, i) for r, n in config.tasks_per_regime.items() for i in range(n)]
+    regimes = {
+        regime: task_count(pair.target, count, config.max_classes)
+        for regime, count in config.tasks_per_regime.items()
+    }
+    ids = [task_id(name, r, i) for r, n in regimes.items() for i in range(n)]
     if all(i in run.done for i in ids):
         return
-    spec = source_spec(config, pair.source)
-    run.bar.set_postfix_str(f"source {spec.name}")
-    model = train_source_model(spec, progress=run.progress)
+    model = run.source(pair)
+    rates = run.learning_rates(name)
     pool = run.pools[str(pair.target)].with_channels(model.in_channels)
     outputs = pool_outputs(model, pool, config.eval_batch_size)
-    run.results.sources[name] = run.model_info(spec) | {
-        "pool_forward": {
-            "seconds": outputs.forward_s,
-            "num_images": outputs.num_images,
-            "num_train": int(pool.train[1].size),
-            "num_test": int(pool.test[1].size),
-        }
+    run.results.sources[name]["pool_forward"] = {
+        "seconds": outputs.forward_s,
+        "num_images": outputs.num_images,
+        "num_train": int(pool.train[1].size),
+        "num_test": int(pool.test[1].size),
     }
-    for regime in config.tasks_per_regime:
+    for regime in regimes:
         for i, task in enumerate(pair_tasks(pool, name, regime, config)):
             ident = task_id(name, regime, i)
             if ident not in run.done:
                 run.bar.set_postfix_str(f"{name} {regime} {i}")
                 yield (
-                    run.results.tasks,
+                    run.results.tasks.append,
                     functools.partial(
-                        task_row, task, ident, name, regime, i, outputs, model, config, run.session
+                        task_row,
+                        task,
+                        ident,
+                        name,
+                        regime,
+                        i,
+                        outputs,
+                        model,
+                        rates,
+                        config,
+                        run.session,
                     ),
                 )
 
 
-def _rq4_work(run: _Run, targets: Sequence[str]) -> Work:
+def _rq4_work(run: _Run) -> Work:
     """RQ4 rows: every zoo model scored and fine-tuned on every RQ4 task of each target."""
     config = run.config
+    counts = {t: task_count(run.pools[t].target, config.rq4_tasks, config.rq4_max_classes)
+              for t in config.rq4_targets}  # fmt: skip
     for spec in config.zoo:
-        ids = [rq4_row_id(t, i, spec.name) for t in targets for i in range(config.rq4_tasks)]
+        ids = [rq4_row_id(t, i, spec.name) for t, n in counts.items() for i in range(n)]
         if all(i in run.done for i in ids):
             continue
-        run.bar.set_postfix_str(f"zoo {spec.name}")
-        model = train_source_model(spec, progress=run.progress)
-        run.results.zoo[spec.name] = run.model_info(spec)
-        for target in targets:
-            if all(rq4_row_id(target, i, spec.name) in run.done for i in range(config.rq4_tasks)):
+        model = run.zoo_model(spec)
+        rate = run.learning_rates(learning_rates.RQ4_SCOPE)["fine_tune"]
+        for target, count in counts.items():
+            if all(rq4_row_id(target, i, spec.name) in run.done for i in range(count)):
                 continue
             pool = run.pools[target].with_channels(model.in_channels)
             outputs = pool_outputs(model, pool, config.eval_batch_size)
@@ -168,7 +278,7 @@ def _rq4_work(run: _Run, targets: Sequence[str]) -> Work:
                 if ident not in run.done:
                     run.bar.set_postfix_str(f"rq4 {spec.name} {target} {i}")
                     yield (
-                        run.results.rq4_rows,
+                        run.results.rq4_rows.append,
                         functools.partial(
                             rq4_row,
                             task,
@@ -178,10 +288,57 @@ def _rq4_work(run: _Run, targets: Sequence[str]) -> Work:
                             spec.name,
                             model,
                             outputs,
+                            rate,
                             config,
                             run.session,
                         ),
                     )
+
+
+def _lr_ids(config: ExperimentConfig, pools: Mapping[str, Pool]) -> list[str]:
+    """The ids of every learning-rate validation run of the configuration."""
+    ids = []
+    for pair in config.parsed_pairs:
+        n = task_count(pools[str(pair.target)].target, config.validation_tasks, config.max_classes)
+        ids += [
+            lr_run_id(str(pair), method, lr, t)
+            for method in METHODS_WITH_LR
+            for lr in config.lr_grid
+            for t in range(n)
+        ]
+    if config.zoo:
+        n = sum(
+            task_count(pools[t].target, config.validation_tasks, config.max_classes)
+            for t in config.rq4_targets
+        ) * len(config.lr_models)
+        scope = learning_rates.RQ4_SCOPE
+        ids += [lr_run_id(scope, "fine_tune", lr, t) for lr in config.lr_grid for t in range(n)]
+    return ids
+
+
+def _lr_done(results: Results) -> set[str]:
+    return {
+        lr_run_id(scope, method, lr, t)
+        for scope, entries in results.lr_selection.items()
+        for method, entry in entries.items()
+        for lr, runs in zip(entry["learning_rates"], entry["validation_accuracy"], strict=True)
+        for t, accuracy in enumerate(runs)
+        if accuracy is not None
+    }
+
+
+def _row_ids(config: ExperimentConfig, pools: Mapping[str, Pool]) -> list[str]:
+    """The ids of every RQ1-RQ3 and RQ4 row of the configuration."""
+    ids = [
+        task_id(str(pair), regime, i)
+        for pair in config.parsed_pairs
+        for regime, count in config.tasks_per_regime.items()
+        for i in range(task_count(pair.target, count, config.max_classes))
+    ]
+    for target in config.rq4_targets if config.zoo else ():
+        count = task_count(pools[target].target, config.rq4_tasks, config.rq4_max_classes)
+        ids += [rq4_row_id(target, i, spec.name) for spec in config.zoo for i in range(count)]
+    return ids
 
 
 def _round_robin(*streams: Iterator) -> Iterator:
@@ -197,22 +354,22 @@ def _round_robin(*streams: Iterator) -> Iterator:
         yield item
 
 
-def _computed(work: Work, workers: int) -> Iterator[tuple[list[Any], Row]]:
-    """``(rows, row)`` for every item of ``work``, computing up to ``workers`` rows at once.
+def _computed(work: Work, workers: int) -> Iterator[tuple[Callable[[Any], None], Any]]:
+    """``(store, value)`` for every item of ``work``, computing up to ``workers`` at once.
 
-    Rows come in the order they finish. Each row trains its own models from its own
+    Values come in the order they finish. Each row trains its own models from its own
     seed, so running rows side by side (threads: JAX releases the GIL while it computes)
     changes their timings, not their values. ``work`` itself advances in this thread.
     """
     if workers == 1:
-        for rows, compute in work:
-            yield rows, compute()
+        for store, compute in work:
+            yield store, compute()
         return
     executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="experiment")
-    running: dict[concurrent.futures.Future, list[Any]] = {}
+    running: dict[concurrent.futures.Future, Callable[[Any], None]] = {}
     try:
-        for rows, compute in work:
-            running[executor.submit(compute)] = rows
+        for store, compute in work:
+            running[executor.submit(compute)] = store
             if len(running) == workers:
                 done, _ = concurrent.futures.wait(
                     running, return_when=concurrent.futures.FIRST_COMPLETED
@@ -276,19 +433,13 @@ def run_experiment(
     pools: dict[str, Pool] = {}
     for pair in config.parsed_pairs:
         pools.setdefault(str(pair.target), load_pool(pair.target, config))
-    rq4_targets = list(pools) if config.zoo else []
-    ids = [
-        task_id(str(pair), regime, i)
-        for pair in config.parsed_pairs
-        for regime, count in config.tasks_per_regime.items()
-        for i in range(count)
-    ] + [
-        rq4_row_id(target, i, spec.name)
-        for target in rq4_targets
-        for spec in config.zoo
-        for i in range(config.rq4_tasks)
-    ]
-    done = {row.id for row in results.tasks} | {row.id for row in results.rq4_rows}
+    if config.zoo:
+        for target in config.rq4_targets:
+            pools.setdefault(target, load_pool(parse_slice(target), config))
+    ids = _lr_ids(config, pools) + _row_ids(config, pools)
+    done = _lr_done(results) | {row.id for row in results.tasks} | {
+        row.id for row in results.rq4_rows
+    }
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -317,22 +468,40 @@ def run_experiment(
         dynamic_ncols=True,
     )
     run = _Run(config, pools, results, done, len(results.sessions) - 1, bar, progress)
-    # Generators: a source model is trained or loaded only when its rows are reached.
-    work = _round_robin(
-        *(_pair_work(run, pair) for pair in config.parsed_pairs), _rq4_work(run, rq4_targets)
-    )
-    if max_new_tasks is not None:
-        work = itertools.islice(work, max_new_tasks)
+    # Generators: a source model is trained or loaded only when its work is reached.
+    # Phase 1 chooses the learning rates; phase 2, which uses them, starts after it.
+    phases = [
+        lambda: _round_robin(
+            *(_lr_work(run, pair) for pair in config.parsed_pairs), _rq4_lr_work(run)
+        ),
+        lambda: _round_robin(
+            *(_pair_work(run, pair) for pair in config.parsed_pairs), _rq4_work(run)
+        ),
+    ]
+    budget = [max_new_tasks]
     try:
         save()
-        for rows, row in _computed(work, workers):
-            rows.append(row)
-            done.add(row.id)
-            session.new_tasks += 1
-            save()
-            bar.update(1)
-            if on_task is not None:
-                on_task(row)
+        for phase in phases:
+            work = phase()
+            if budget[0] is not None:
+                work = itertools.islice(work, budget[0])
+            for store, value in _computed(work, workers):
+                store(value)
+                if isinstance(value, TaskRow | Rq4Row):
+                    done.add(value.id)
+                    if on_task is not None:
+                        on_task(value)
+                session.new_tasks += 1
+                if budget[0] is not None:
+                    budget[0] -= 1
+                save()
+                bar.update(1)
+            if budget[0] == 0 or any(
+                entry["chosen"] is None
+                for entries in results.lr_selection.values()
+                for entry in entries.values()
+            ):
+                break  # out of budget, or the search is incomplete: rows must wait
     finally:
         bar.close()
         save()
