@@ -1,9 +1,9 @@
 """The paper-experiment runner (`leep-jax experiment`): schema, statistics, resume, report.
 
 One tiny configuration (small CNNs of width 4, FashionMNIST and digits, a handful of
-tasks with 2 classes each, one or two epochs) stands in for ``--quick``; every model is
-trained from scratch into a temporary cache dir. Two independent runs are made: A in
-one go, B interrupted twice and resumed, each with its own cache (so B also retrains
+tasks with 2 classes each, a few SGD steps, two learning rates on one validation task)
+stands in for ``--quick``; every model is trained from scratch into a temporary cache
+dir. Two independent runs are made: A in one go, B interrupted twice and resumed, each with its own cache (so B also retrains
 its source models). They must agree exactly: that is the determinism check.
 """
 
@@ -18,15 +18,17 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import leep_jax
 from leep_jax.cli.main import main
 from leep_jax.experiments import figures, pools, statistics, tables
 from leep_jax.experiments.config import REGIMES, ExperimentConfig, source_spec
 from leep_jax.experiments.measure import task_scores
-from leep_jax.experiments.pairs import parse_pair
+from leep_jax.experiments.pairs import parse_pair, parse_slice
 from leep_jax.experiments.results import ConfigMismatchError, read_results
 from leep_jax.experiments.rows import TaskRow
 from leep_jax.experiments.runner import _round_robin, run_experiment
-from leep_jax.scores import h_score, leep, nce
+from leep_jax.scores.names import SCORE_NAMES
+from leep_jax.streaming.engine import nleep_key
 from leep_jax.transfer.zoo import SourceSpec
 
 PAIRS = ("fashion_mnist[0-2]->fashion_mnist[3-5]", "fashion_mnist[0-2]->digits[0-2]")
@@ -67,14 +69,18 @@ def tiny_config(**changes) -> ExperimentConfig:
         small_per_class=8,
         imbalance_ratio=2.0,
         noise_rate=0.25,
-        epochs=dict.fromkeys(REGIMES, 2),
+        train_steps=8,
+        eval_every=4,
         batch_size=16,
+        lr_grid=(0.01, 0.05),
+        validation_tasks=1,
         head_epochs=3,
         eval_batch_size=64,
         zoo=zoo,
+        rq4_targets=("fashion_mnist[3-5]", "digits[0-2]"),
         rq4_tasks=2,
         rq4_num_classes=2,
-        rq4_epochs=1,
+        rq4_train_steps=4,
     )
     return dataclasses.replace(config, **changes)
 
@@ -260,38 +266,85 @@ def test_tfds_pair_runs_end_to_end_on_tfds_mock_data(tmp_path, monkeypatch):
 def test_quick_and_full_configs_meet_the_protocol():
     quick, full = ExperimentConfig.quick(), ExperimentConfig.full()
     for config in (quick, full):
-        assert config.architecture == "resnet20"
         assert set(config.tasks_per_regime) == set(REGIMES)
-        assert len(config.zoo) >= 5
+        assert len(config.zoo) >= 5 and config.rq4_targets
         pairs = config.parsed_pairs
         assert any(p.source.dataset == p.target.dataset for p in pairs)  # within a domain
         assert any(p.source.dataset != p.target.dataset for p in pairs)  # across domains
+        # A source with a large label space (the paper's LEEP-over-NCE setting).
+        assert any(len(p.source.class_ids()) >= 40 for p in pairs)
         for p in pairs:  # within a domain, source and target classes are disjoint
             if p.source.dataset == p.target.dataset:
                 assert not set(p.source.class_ids()) & set(p.target.class_ids())
-    assert quick.tasks_per_regime["large_balanced"] >= 12
-    assert full.tasks_per_regime["large_balanced"] >= 100
+    # The full run: >= 100 distinct large tasks, >= 100 SGD steps per run, >= 15 zoo
+    # models ranked on >= 20 tasks.
+    large = sum(
+        pools.task_count(p.target, full.tasks_per_regime["large_balanced"], full.max_classes)
+        for p in full.parsed_pairs
+    )
+    assert large >= 100
+    assert min(full.train_steps, full.rq4_train_steps) >= 100
+    assert len(full.zoo) >= 15 and len({s.architecture for s in full.zoo}) >= 2
+    rq4 = sum(pools.rq4_task_count(parse_slice(t), full) for t in full.rq4_targets)
+    assert rq4 >= 20
+    assert len(full.lr_grid) >= 3 and full.test_per_class is None  # whole test split
     # The config is JSON and round-trips: resume compares exactly this.
     assert json.loads(json.dumps(full.to_dict())) == full.to_dict()
 
 
-@pytest.mark.parametrize("pad_to, num_classes", [(None, 3), (100, 3), (37, 7), (64, 10)])
-def test_task_scores_padding_and_absent_classes_are_exact(pad_to, num_classes):
+def test_tasks_of_a_pair_and_regime_never_repeat_a_class_set(run_a):
+    _, results = run_a
+    seen = {}
+    for row in results["tasks"]:
+        key = (row["pair"], row["regime"])
+        seen.setdefault(key, []).append(tuple(row["classes"]))
+    for key, class_sets in seen.items():
+        assert len(set(class_sets)) == len(class_sets), key
+
+
+def test_learning_rates_are_chosen_on_validation_runs(run_a):
+    _, results = run_a
+    search = results["lr_selection"]
+    config = tiny_config()
+    assert set(search) == {*config.pairs, "rq4"}
+    for entries in search.values():
+        for entry in entries.values():
+            means = [float(np.mean(runs)) for runs in entry["validation_accuracy"]]
+            assert entry["mean_validation_accuracy"] == pytest.approx(means)
+            assert entry["chosen"] == entry["learning_rates"][int(np.argmax(means))]
+    # Every row trained with its pair's chosen rates, for the configured step budget.
+    for row in results["tasks"]:
+        assert row["steps"]["fine_tune"] == config.train_steps
+        assert row["steps"]["scratch"] == config.train_steps
+        assert len(row["curves"]["fine_tune"]) == config.train_steps // config.eval_every
+
+
+@pytest.mark.parametrize("pad_to, compile_classes", [(None, None), (100, 3), (37, 7), (64, 10)])
+def test_task_scores_padding_and_absent_classes_are_exact(pad_to, compile_classes):
     # The experiment pads every task to its pool's size and scores it with the pool's
     # class count (one compilation per pool): that must not change any score.
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(37, 5)).astype(np.float32)
     features = rng.normal(size=(37, 8)).astype(np.float32)
     labels = rng.integers(0, 3, size=37).astype(np.int32)
-    got = task_scores(logits, features, labels, num_classes, pad_to=pad_to)
-    np.testing.assert_allclose(got["leep"], leep(logits, labels, 3, from_logits=True), rtol=1e-6)
-    np.testing.assert_allclose(got["nce"], nce(logits, labels, 3, from_logits=True), atol=1e-6)
-    np.testing.assert_allclose(got["h_score"], h_score(features, labels, 3), rtol=1e-5)
+    got = task_scores(logits, features, labels, 3, pad_to=pad_to, compile_classes=compile_classes)
+    assert set(got) == set(SCORE_NAMES)
+    for name in SCORE_NAMES:
+        score = getattr(leep_jax, name)
+        if name in ("leep", "nce"):
+            expected = score(logits, labels, 3, from_logits=True)
+        elif name == "nleep":
+            expected = score(features, labels, 3, key=nleep_key())
+        else:
+            expected = score(features, labels, 3)
+        np.testing.assert_allclose(got[name], expected, rtol=2e-5, atol=1e-6, err_msg=name)
 
 
 def test_task_scores_rejects_too_few_rows():
     with pytest.raises(ValueError, match="pad_to"):
         task_scores(np.zeros((5, 2)), np.zeros((5, 3)), np.zeros(5, np.int32), 2, pad_to=4)
+    with pytest.raises(ValueError, match="compile_classes"):
+        task_scores(np.zeros((5, 2)), np.zeros((5, 3)), np.zeros(5, np.int32), 3, compile_classes=2)
 
 
 def _task_row(pair, regime, task_index, num_classes, scores, accuracy) -> TaskRow:
@@ -312,6 +365,7 @@ def _task_row(pair, regime, task_index, num_classes, scores, accuracy) -> TaskRo
             "accuracy": accuracy,
             "curves": {},
             "steps": {},
+            "at_chance": {},
             "timings": {},
             "session": 0,
         }
@@ -367,8 +421,8 @@ def test_within_class_count_averages_scipy_per_group():
 # --------------------------------------------------------------------------- a run
 
 TASK_KEYS = {
-    "id", "pair", "regime", "num_classes", "n_train", "scores", "accuracy", "curves",
-    "steps", "timings",
+    "id", "pair", "regime", "num_classes", "n_train", "n_test", "scores", "accuracy",
+    "curves", "steps", "at_chance", "timings",
 }  # fmt: skip
 
 
@@ -385,8 +439,9 @@ def test_results_schema(run_a):
         assert TASK_KEYS <= set(task)
         assert task["pair"] in PAIRS and task["regime"] in REGIMES
         assert task["num_classes"] == 2 and task["n_train"] >= 2
-        assert set(task["scores"]) == {"leep", "nce", "h_score"}
+        assert set(task["scores"]) == set(SCORE_NAMES)
         assert set(task["accuracy"]) == {"retrain_head", "fine_tune", "scratch"}
+        assert set(task["at_chance"]) == set(task["accuracy"])
         assert all(0.0 <= a <= 1.0 for a in task["accuracy"].values())
         assert task["scores"]["leep"] <= 0.0 and task["scores"]["nce"] <= 0.0
         assert len(task["curves"]["fine_tune"]) == len(task["curves"]["scratch"]) == 2

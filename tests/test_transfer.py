@@ -224,6 +224,25 @@ def test_fit_is_deterministic():
     assert_trees_equal(snapshot(a), snapshot(b))
 
 
+def test_fit_with_a_step_budget_takes_exactly_that_many_steps():
+    images, labels = synthetic_images(24, 0)
+    evals = synthetic_images(10, 1)
+    config = TrainConfig(epochs=1, steps=7, eval_every=3, batch_size=16, seed=2)
+    history = fit(tiny_model(), images, labels, config, eval_images=evals[0], eval_labels=evals[1])
+    # 7 steps over 2-step epochs: 3.5 passes; evaluated after steps 3, 6 and 7.
+    assert history.num_steps == 7
+    assert len(history.test_accuracy) == len(history.train_loss) == 3
+    # Epochs written as a step budget give the same run, value for value.
+    a, b = tiny_model(), tiny_model()
+    fit(a, images, labels, TrainConfig(epochs=3, batch_size=16, seed=2))
+    fit(b, images, labels, TrainConfig(epochs=99, steps=6, batch_size=16, seed=2))
+    assert_trees_equal(snapshot(a), snapshot(b))
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(epochs=1, steps=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        TrainConfig(epochs=1, eval_every=0)
+
+
 def test_fit_handles_a_training_set_smaller_than_a_batch():
     images, labels = synthetic_images(5, 0)
     history = fit(

@@ -1,16 +1,19 @@
 """``leep-jax experiment``: the LEEP paper's experiments, offline, resumable.
 
-For each source -> target pair: a ResNet20 source model (trained on first use and
-cached), random target tasks in four regimes (large balanced, small balanced, small
-imbalanced, small noisy), LEEP / NCE / H-score from one forward pass, and the accuracy
-actually reached by head re-training, fine-tuning and training from scratch; Pearson
-correlations (RQ1, RQ3), convergence (RQ2) and source selection over a model zoo (RQ4).
+For each source -> target pair: a source model (a SmallCNN by default; trained on first
+use and cached), learning rates chosen on validation tasks, target tasks with distinct
+class sets in four regimes (large balanced, small balanced, small imbalanced, small
+noisy), every score from one forward pass, and the accuracy actually reached by head
+re-training, fine-tuning and training from scratch (a fixed number of SGD steps);
+Pearson and class-count-controlled correlations (RQ1, RQ3), convergence (RQ2) and
+source selection over a model zoo with baselines (RQ4).
 
-Writes OUT/results.json after every task (atomically), OUT/report.md and PNG figures.
+Writes OUT/results.json after every run (atomically), OUT/report.md and PNG figures.
 Running again with the same --out resumes where it stopped; a different configuration
 in the same --out is refused.
 
-Pairs: SOURCE->TARGET (or SOURCE:TARGET), each side fashion_mnist, digits or tfds:NAME
+Pairs: SOURCE->TARGET (or SOURCE:TARGET), each side fashion_mnist, fashion_mnist_rot4
+(40 classes), digits or tfds:NAME
 with optional classes in brackets: 'fashion_mnist[0-4]->fashion_mnist[5-9]',
 'fashion_mnist->digits', 'tfds:cifar10->tfds:cifar100' (= 'tfds:cifar10:tfds:cifar100';
 needs the tfds extra and prepared TFDS data). Quote pairs in the shell.

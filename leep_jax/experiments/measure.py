@@ -48,6 +48,12 @@ def _bucket(n: int) -> int:
     return max(64, 1 << (n - 1).bit_length())
 
 
+# NLEEP fits ``components_per_class * num_classes`` mixture components, so a class
+# count above the task's changes it; every other score ignores classes absent from the
+# labels (tested), so they may be compiled for a pool's class count once.
+_CLASS_COUNT_DEPENDENT = ("nleep",)
+
+
 def task_scores(
     logits: np.ndarray,
     features: np.ndarray,
@@ -55,22 +61,24 @@ def task_scores(
     num_classes: int,
     *,
     pad_to: int | None = None,
+    compile_classes: int | None = None,
 ) -> dict[str, float]:
     """Every score of the library (`SCORE_NAMES`) for one task.
 
-    One batch through the scoring engine, jitted per shape and class count. Rows are
-    padded (and masked out) to ``pad_to`` rows, or the next power of two, and
-    ``num_classes`` may exceed the
-    task's class count: classes absent from the labels contribute nothing to any
-    score, so both give exactly the task's scores while one compilation
-    serves every task of a pool.
+    Through the scoring engine, jitted per shape and class count. Rows are padded (and
+    masked out) to ``pad_to`` rows, or the next power of two, and every score but
+    NLEEP is computed with ``compile_classes`` classes (>= Y) when given: classes
+    absent from the labels change none of them, so both give exactly the task's scores
+    while one compilation serves every task of a pool. NLEEP, whose mixture has a
+    component count per class, always takes Y.
 
     Args:
       logits: ``[n, num_source_classes]`` source logits of the task's training examples.
       features: ``[n, feature_dim]`` their penultimate features.
       labels: ``int[n]`` target labels in ``[0, num_classes)``.
-      num_classes: Y, or any larger count.
+      num_classes: Y.
       pad_to: rows to pad to (>= n); default the next power of two (at least 64).
+      compile_classes: the class count of the class-count-free scores (default Y).
 
     Returns:
       ``{score name: value}`` for every name of `SCORE_NAMES`.
@@ -79,6 +87,9 @@ def task_scores(
     size = _bucket(n) if pad_to is None else pad_to
     if size < n:
         raise ValueError(f"pad_to={pad_to} is smaller than the {n} rows")
+    wide = num_classes if compile_classes is None else compile_classes
+    if wide < num_classes:
+        raise ValueError(f"compile_classes={wide} is below the task's {num_classes} classes")
 
     def pad(a: np.ndarray) -> np.ndarray:
         return np.concatenate([a, np.zeros((size - n, *a.shape[1:]), a.dtype)])
@@ -86,25 +97,32 @@ def task_scores(
     mask = np.arange(size) < n
     arrays = {"predictions": pad(np.asarray(logits)), "features": pad(np.asarray(features))}
     labels_p = pad(np.asarray(labels, np.int32))
-    result = engine.run(
-        lambda second_pass=False: sources.array_batches(
-            arrays, labels_p, num_classes, size, mask=mask
-        ),
-        num_classes,
-        SCORE_NAMES,
-    )
-    return result.scores
+
+    def run(classes: int, names: tuple[str, ...]) -> dict[str, float]:
+        return engine.run(
+            lambda second_pass=False: sources.array_batches(
+                arrays, labels_p, classes, size, mask=mask
+            ),
+            classes,
+            names,
+        ).scores
+
+    free = tuple(s for s in SCORE_NAMES if s not in _CLASS_COUNT_DEPENDENT)
+    scores = run(wide, free) | run(num_classes, _CLASS_COUNT_DEPENDENT)
+    return {name: scores[name] for name in SCORE_NAMES}
 
 
 def _pool_scores(task: TargetTask, outputs: PoolOutputs) -> tuple[dict[str, float], np.ndarray]:
-    """The task's scores from the pool's cached outputs (one compilation per pool)."""
+    """The task's scores from the pool's cached outputs (one compilation per pool and
+    class count)."""
     features = outputs.train_features[task.train_indices]
     scores = task_scores(
         outputs.train_logits[task.train_indices],
         features,
         task.train_labels,
-        max(task.num_classes, outputs.num_pool_classes),
+        task.num_classes,
         pad_to=_bucket(outputs.train_logits.shape[0]),
+        compile_classes=max(task.num_classes, outputs.num_pool_classes),
     )
     return scores, features
 

@@ -31,6 +31,7 @@ __all__ = [
     "pair_tasks",
     "pool_outputs",
     "rq4_row_id",
+    "rq4_task_count",
     "rq4_tasks",
     "task_count",
     "task_id",
@@ -113,12 +114,15 @@ def _max_classes(pool: Pool, cap: int | None) -> int:
     return len(classes) if cap is None else min(cap, len(classes))
 
 
-def task_count(target: DatasetSlice, requested: int, max_classes: int | None) -> int:
+def task_count(
+    target: DatasetSlice, requested: int, max_classes: int | None, min_classes: int = 2
+) -> int:
     """How many tasks a pool gives: ``requested``, or fewer when the pool has fewer
-    distinct class sets of 2..``max_classes`` classes (tasks never share one)."""
+    distinct class sets of ``min_classes..max_classes`` classes (tasks never share
+    one)."""
     size = len(target.class_ids())
     top = size if max_classes is None else min(max_classes, size)
-    return min(requested, num_class_sets(size, 2, top))
+    return min(requested, num_class_sets(size, min(min_classes, top), top))
 
 
 def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> list[TargetTask]:
@@ -139,20 +143,26 @@ def pair_tasks(pool: Pool, pair: str, regime: str, config: ExperimentConfig) -> 
 
 
 def rq4_tasks(pool: Pool, config: ExperimentConfig) -> list[TargetTask]:
-    """The RQ4 tasks of a target pool: large regime, 2..``rq4_max_classes`` classes,
-    distinct class sets."""
+    """The RQ4 tasks of a target pool: large regime, ``rq4_num_classes`` classes each
+    (`rq4_task_count` of them, distinct class sets)."""
+    k = _max_classes(pool, config.rq4_num_classes)
     return sample_tasks(
         pool.train,
         pool.test,
         class_pool=pool.target.class_ids(),
-        num_tasks=task_count(pool.target, config.rq4_tasks, config.rq4_max_classes),
+        num_tasks=rq4_task_count(pool.target, config),
         seed=derive_seed(config.seed, "rq4", pool.target),
-        min_classes=2,
-        max_classes=_max_classes(pool, config.rq4_max_classes),
+        min_classes=k,
+        max_classes=k,
         dataset=pool.target.dataset,
         distinct=True,
         regime="large",
     )
+
+
+def rq4_task_count(target: DatasetSlice, config: ExperimentConfig) -> int:
+    """How many RQ4 tasks a target pool gives (`task_count` at one class count)."""
+    return task_count(target, config.rq4_tasks, config.rq4_num_classes, config.rq4_num_classes)
 
 
 def validation_tasks(pool: Pool, scope: str, config: ExperimentConfig) -> list[TargetTask]:

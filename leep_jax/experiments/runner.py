@@ -1,30 +1,37 @@
 """The experiment's runner: `run_experiment` computes (or resumes) every row.
 
-What a run does, for each source -> target pair (`leep_jax.experiments.pairs`):
+What a run does (protocol version 2, `leep_jax.experiments.config`):
 
-* **Source model**: a ResNet20 (by default) trained on the source dataset or class set
-  (`leep_jax.transfer.zoo.train_source_model`, cached under the cache dir).
-* **Target pool** (`leep_jax.experiments.pools`): at most ``large_per_class``
-  training and ``test_per_class`` test examples per class of the target. The source
-  model's logits and penultimate features over the whole pool are computed ONCE and
-  every task reuses them, since tasks are index subsets of the pool.
-* **RQ1 / RQ3** (paper Sec. 5.1-5.3): random target tasks in four regimes
+* **Source models**: per source -> target pair (`leep_jax.experiments.pairs`), a model
+  trained on the source dataset or class set (`leep_jax.transfer.zoo`, cached), its
+  test accuracy after every epoch recorded.
+* **Target pools** (`leep_jax.experiments.pools`): at most ``large_per_class``
+  training examples per class of the target, and its test split. The source model's
+  logits and penultimate features over the whole pool are computed ONCE and every
+  task reuses them, since tasks are index subsets of the pool. No two tasks of one
+  pair and regime share a class set.
+* **Phase 1, learning rates** (`leep_jax.experiments.learning_rates`): fine-tuning
+  and training from scratch try every rate of ``lr_grid`` on validation tasks built
+  from the pools' training split; the best mean validation accuracy chooses the rate
+  each method uses on every task of the pair (and RQ4's fine-tuning rate).
+* **Phase 2, RQ1 / RQ3** (paper Sec. 5.1-5.3): target tasks in four regimes
   (``large_balanced``, ``small_balanced``, ``small_imbalanced``, ``small_noisy``); per
-  task one `TaskRow` (`leep_jax.experiments.measure.task_row`): LEEP, NCE and H-score,
-  and the test accuracy of head re-training, fine-tuning and training from scratch,
-  with per-epoch curves.
+  task one `TaskRow` (`leep_jax.experiments.measure.task_row`): every score, and the
+  test accuracy of head re-training, and of fine-tuning and training from scratch for
+  a fixed number of SGD steps, with their curves and at-chance flags.
 * **RQ2** (convergence) and the summaries: `leep_jax.experiments.statistics`.
-* **RQ4** (source selection): a zoo of source models scored on tasks of each pair's
-  target pool and transferred to every one (`leep_jax.experiments.measure.rq4_row`).
+* **RQ4** (source selection): a zoo of source models scored on tasks of each RQ4
+  target and fine-tuned on every one (`leep_jax.experiments.measure.rq4_row`), with
+  the baselines (source accuracy, parameter count, k-nearest-neighbour accuracy).
 
 Everything is seeded (tasks by `numpy.random.SeedSequence`, training by the seeds the
 transfer recipes carry), so the same configuration gives the same numbers.
 
 Results go to ``OUT/results.json`` (`leep_jax.experiments.results`), rewritten
-atomically after every row, so an interrupted run loses nothing; running again with
-the same ``OUT`` skips the rows already done (keyed by deterministic ids) and refuses
-to continue if the configuration differs. ``OUT/report.md`` and PNG figures come from
-`leep_jax.experiments.report`.
+atomically after every validation run and row, so an interrupted run loses nothing;
+running again with the same ``OUT`` skips what is done (keyed by deterministic ids)
+and refuses to continue if the configuration differs. ``OUT/report.md`` and PNG
+figures come from `leep_jax.experiments.report`.
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from leep_jax.experiments.pools import (
     pair_tasks,
     pool_outputs,
     rq4_row_id,
+    rq4_task_count,
     rq4_tasks,
     task_count,
     task_id,
@@ -260,8 +268,7 @@ def _pair_work(run: _Run, pair: Pair) -> Work:
 def _rq4_work(run: _Run) -> Work:
     """RQ4 rows: every zoo model scored and fine-tuned on every RQ4 task of each target."""
     config = run.config
-    counts = {t: task_count(run.pools[t].target, config.rq4_tasks, config.rq4_max_classes)
-              for t in config.rq4_targets}  # fmt: skip
+    counts = {t: rq4_task_count(run.pools[t].target, config) for t in config.rq4_targets}
     for spec in config.zoo:
         ids = [rq4_row_id(t, i, spec.name) for t, n in counts.items() for i in range(n)]
         if all(i in run.done for i in ids):
@@ -336,7 +343,7 @@ def _row_ids(config: ExperimentConfig, pools: Mapping[str, Pool]) -> list[str]:
         for i in range(task_count(pair.target, count, config.max_classes))
     ]
     for target in config.rq4_targets if config.zoo else ():
-        count = task_count(pools[target].target, config.rq4_tasks, config.rq4_max_classes)
+        count = rq4_task_count(pools[target].target, config)
         ids += [rq4_row_id(target, i, spec.name) for spec in config.zoo for i in range(count)]
     return ids
 
@@ -396,17 +403,19 @@ def run_experiment(
 ) -> Results:
     """Runs (or resumes) the experiment and writes results.json, report.md and figures.
 
-    Rows are taken in turn from each pair and from RQ4 (round robin), so a run stopped
+    First the learning-rate search (phase 1), then the rows (phase 2). In each phase,
+    work is taken in turn from each pair and from RQ4 (round robin), so a run stopped
     part way has rows for every research question, not only for the first pair. Each
-    source model is trained (or loaded) when its first row is reached.
+    source model is trained (or loaded) when its first work item is reached.
 
     Args:
       config: what to run.
       out_dir: output folder (created). Results already there for the same config are
         kept and their tasks skipped.
       progress: progress bars on stderr.
-      max_new_tasks: stop after computing this many new tasks (RQ4 rows count as
-        tasks); the results so far are written, and a later call resumes.
+      max_new_tasks: stop after computing this many new work items (validation runs
+        of the learning-rate search and RQ4 rows count too); the results so far are
+        written, and a later call resumes.
       on_task: called with each new row after it has been written.
       write_report: write report.md and the figures at the end (results.json is
         always written).
@@ -437,9 +446,9 @@ def run_experiment(
         for target in config.rq4_targets:
             pools.setdefault(target, load_pool(parse_slice(target), config))
     ids = _lr_ids(config, pools) + _row_ids(config, pools)
-    done = _lr_done(results) | {row.id for row in results.tasks} | {
-        row.id for row in results.rq4_rows
-    }
+    done = (
+        _lr_done(results) | {row.id for row in results.tasks} | {row.id for row in results.rq4_rows}
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
@@ -491,6 +500,8 @@ def run_experiment(
                     done.add(value.id)
                     if on_task is not None:
                         on_task(value)
+                else:
+                    done.update(_lr_done(results))
                 session.new_tasks += 1
                 if budget[0] is not None:
                     budget[0] -= 1
