@@ -4,7 +4,8 @@ One tiny configuration (small CNNs of width 4, FashionMNIST and digits, a handfu
 tasks with 2 classes each, a few SGD steps, two learning rates on one validation task)
 stands in for ``--quick``; every model is trained from scratch into a temporary cache
 dir. Two independent runs are made: A in one go, B interrupted twice and resumed,
-each with its own cache (so B also retrains its source models). They must agree exactly: that is the determinism check.
+each with its own cache (so B also retrains its source models). They must agree
+exactly: that is the determinism check.
 """
 
 from __future__ import annotations
