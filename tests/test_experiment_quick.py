@@ -1,7 +1,7 @@
 """`leep-jax experiment --quick`, run as a user runs it: a fresh cache, real data, a subprocess.
 
-The smoke test of the paper's protocol on real FashionMNIST and digits (about six
-minutes of CPU on two cores, its own file so that pytest-xdist runs it beside the
+The smoke test of the paper's protocol on real FashionMNIST and digits (a few minutes
+on two cores, its own file so that pytest-xdist runs it beside the
 rest). Its correlations rest on a dozen tasks: the test checks that every part of the
 output is there and consistent, not what the numbers are.
 """
@@ -16,8 +16,9 @@ import sys
 import pytest
 
 from leep_jax.experiments.config import REGIMES, ExperimentConfig
-
-METRICS = ("leep", "nce", "h_score")
+from leep_jax.experiments.pairs import parse_slice
+from leep_jax.experiments.pools import rq4_task_count, task_count
+from leep_jax.scores.names import SCORE_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,32 @@ def test_quick_run_is_complete(quick_run):
     config = ExperimentConfig.quick()
     assert results["complete"] is True and results["config"] == config.to_dict()
     assert results["config"]["mode"] == "quick" and results["duration_s"] > 0
-    tasks_per_pair = sum(config.tasks_per_regime.values())
-    assert len(results["tasks"]) == len(config.pairs) * tasks_per_pair
-    assert config.tasks_per_regime["large_balanced"] >= 12
-    assert len(results["rq4"]["rows"]) == 2 * len(config.zoo) * config.rq4_tasks
+    counts = {
+        (str(pair), regime): task_count(pair.target, n, config.max_classes)
+        for pair in config.parsed_pairs
+        for regime, n in config.tasks_per_regime.items()
+    }
+    assert len(results["tasks"]) == sum(counts.values())
+    rq4_tasks = sum(rq4_task_count(parse_slice(t), config) for t in config.rq4_targets)
+    assert len(results["rq4"]["rows"]) == len(config.zoo) * rq4_tasks
     for row in results["tasks"]:
         assert row["pair"] in config.pairs and row["regime"] in REGIMES
-        assert set(row["scores"]) == set(METRICS)
-        assert set(row["accuracy"]) == {"retrain_head", "fine_tune", "scratch"}
+        assert set(row["scores"]) == set(SCORE_NAMES)
+        assert all(value is not None for value in row["scores"].values()), row["id"]
+        assert set(row["accuracy"]) == set(row["at_chance"]) == {
+            "retrain_head",
+            "fine_tune",
+            "scratch",
+        }
         assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
         assert row["scores"]["leep"] <= 0.0 and row["scores"]["nce"] <= 0.0
-    for pair in config.pairs:
-        for regime, count in config.tasks_per_regime.items():
-            for metric in METRICS:
-                for method in ("retrain_head", "fine_tune"):
-                    cell = results["summary"][pair][regime][metric][method]
-                    assert cell["n_tasks"] == count
+        assert row["steps"]["fine_tune"] == row["steps"]["scratch"] == config.train_steps
+    for row in results["rq4"]["rows"]:
+        assert set(row["scores"]) == set(SCORE_NAMES) and 0.0 <= row["knn_accuracy"] <= 1.0
+    # Learning rates were chosen for every pair and for RQ4.
+    assert set(results["lr_selection"]) == {*config.pairs, "rq4"}
+    for entries in results["lr_selection"].values():
+        assert all(entry["chosen"] in config.lr_grid for entry in entries.values())
     assert "wrote" in first.stdout
 
 
