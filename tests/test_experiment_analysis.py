@@ -172,7 +172,9 @@ def test_repeated_large_tasks_are_averaged_and_counted():
     chance = dict.fromkeys(METHODS, False) | {"fine_tune": True}
     rows.append(task_row(12, first.classes, first.scores, dict.fromkeys(METHODS, 0.5)))
     rows.append(
-        task_row(13, reversed(first.classes), first.scores, dict.fromkeys(METHODS, 0.2), at_chance=chance)
+        task_row(
+            13, reversed(first.classes), first.scores, dict.fromkeys(METHODS, 0.2), at_chance=chance
+        )
     )
     entry = statistics.regime_summary(rows)
     keys = [tuple(sorted(r.classes)) for r in rows]
@@ -192,14 +194,19 @@ def test_repeated_large_tasks_are_averaged_and_counted():
     assert got.n_tasks == len(distinct)
     assert got.pearson_r == pytest.approx(expected.statistic, rel=1e-12)
     # In the small regimes, the same class set is another sample: not merged.
-    small = [task_row(i, (0, 1), r.scores, r.accuracy, regime="small_balanced") for i, r in enumerate(rows[:4])]
+    small = [
+        task_row(i, (0, 1), r.scores, r.accuracy, regime="small_balanced")
+        for i, r in enumerate(rows[:4])
+    ]
     assert statistics.regime_summary(small).n_tasks == 4
 
 
 def test_undefined_scores_are_left_out_of_their_statistics():
     rows = random_tasks(np.random.default_rng(6), 10)
     rows = [
-        task_row(r.task_index, r.classes, r.scores | {"nleep": None} if i < 3 else r.scores, r.accuracy)
+        task_row(
+            r.task_index, r.classes, r.scores | {"nleep": None} if i < 3 else r.scores, r.accuracy
+        )
         for i, r in enumerate(rows)
     ] + [task_row(10 + i, (i, 9), dict.fromkeys(SCORE_NAMES), rows[0].accuracy) for i in range(2)]
     entry = statistics.regime_summary(rows)
@@ -269,7 +276,9 @@ def rq4_rows(rng, tasks, *, target="digits", models=MODELS) -> list[Rq4Row]:
 def test_selection_per_task_matches_scipy_and_the_zoo_baselines():
     rng = np.random.default_rng(8)
     rows = rq4_rows(rng, 6) + rq4_rows(rng, 3, target="fashion_mnist[5-9]")
-    rows = [r for r in rows if not (r.target == "digits" and r.task_index == 5 and r.model == "m-c")]
+    rows = [
+        r for r in rows if not (r.target == "digits" and r.task_index == 5 and r.model == "m-c")
+    ]
     got = statistics.selection(rows, ZOO, seed=0)
     assert got.models == list(MODELS) and got.incomplete_tasks == 1
     assert len(got.per_task) == 8 and got.n_rows == len(rows)
@@ -312,7 +321,9 @@ def test_selection_per_task_matches_scipy_and_the_zoo_baselines():
 def test_selection_leaves_out_methods_with_an_undefined_value():
     rows = rq4_rows(np.random.default_rng(9), 3)
     rows = [
-        r if (r.task_index, r.model) != (1, "m-b") else Rq4Row(**{**r.__dict__, "scores": r.scores | {"parc": None}})
+        r
+        if (r.task_index, r.model) != (1, "m-b")
+        else Rq4Row(**{**r.__dict__, "scores": r.scores | {"parc": None}})
         for r in rows
     ]
     zoo = {m: {k: v for k, v in info.items() if k != "num_params"} for m, info in ZOO.items()}
@@ -390,7 +401,9 @@ def partial_results() -> Results:
         config=config,
         duration_s=12.0,
         zoo=ZOO,
-        lr_selection={PAIR: {"tried": [0.01, 0.05], "validation_accuracy": [0.8, 0.9], "chosen": 0.05}},
+        lr_selection={
+            PAIR: {"tried": [0.01, 0.05], "validation_accuracy": [0.8, 0.9], "chosen": 0.05}
+        },
         tasks=tasks + small,
         rq4_rows=rows,
     )
@@ -416,7 +429,10 @@ def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_pa
     assert "| RQ4 | all targets | 18 | 1 | 0 | – |" in first  # one head re-training at chance
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == sorted(p.name for p in again.glob("*.png"))
-    assert "rq4_picks.png" in pngs and f"scatter_fashion-mnist-0-4-fashion-mnist-5-9_{LARGE}.png" in pngs
+    assert (
+        "rq4_picks.png" in pngs
+        and f"scatter_fashion-mnist-0-4-fashion-mnist-5-9_{LARGE}.png" in pngs
+    )
     for path in tmp_path.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

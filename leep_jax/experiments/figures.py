@@ -50,7 +50,11 @@ def _scatter_figure(plt, points: Sequence[TaskPoint], title: str):
     """Every score (rows of panels: ground truths) vs accuracy, colour = class count."""
     columns = len(CORRELATED_SCORES)
     fig, axes = plt.subplots(
-        len(CORRELATED_METHODS), columns, figsize=(2.6 * columns, 6), squeeze=False
+        len(CORRELATED_METHODS),
+        columns,
+        figsize=(2.2 * columns, 5.5),
+        squeeze=False,
+        sharey="row",
     )
     classes = np.asarray([p.num_classes for p in points])
     for i, method in enumerate(CORRELATED_METHODS):
@@ -68,17 +72,21 @@ def _scatter_figure(plt, points: Sequence[TaskPoint], title: str):
                 fontsize=7,
             )
             ax.tick_params(labelsize=6)
+            ax.locator_params(nbins=3)
             ax.set_xlabel(LABELS[score], fontsize=7)
             if j == 0:
                 ax.set_ylabel(f"test acc. ({METHOD_LABELS[method]})", fontsize=7)
-    fig.colorbar(dots, ax=axes, label="number of classes", shrink=0.6)
+    fig.subplots_adjust(left=0.04, right=0.93, top=0.85, bottom=0.1, wspace=0.25, hspace=0.45)
+    fig.colorbar(dots, cax=fig.add_axes((0.945, 0.15, 0.008, 0.65)), label="number of classes")
     fig.suptitle(title)
     return fig
 
 
 def _curves_figure(plt, points: Sequence[TaskPoint], title: str):
     """Tasks in LEEP tertiles: mean fine-tuning curve per group, from scratch dashed."""
-    epochs = min(min(p.curves["fine_tune"].size, p.curves["train_from_scratch"].size) for p in points)
+    epochs = min(
+        min(p.curves["fine_tune"].size, p.curves["train_from_scratch"].size) for p in points
+    )
     order = np.argsort([p.scores["leep"] for p in points], kind="stable")
     groups = [g for g in np.array_split(order, 3) if g.size]
     names = ["low", "middle", "high"] if len(groups) == 3 else [str(i) for i in range(len(groups))]
@@ -102,9 +110,10 @@ def _curves_figure(plt, points: Sequence[TaskPoint], title: str):
 
 def _picks_figure(plt, summary: Selection):
     """Task x method grid: colour = picked model's accuracy relative to the best, text =
-    the picked model's number (legend beside), one panel per ground truth."""
+    the picked model's number (legend in the title; first column: the best model), one
+    panel per ground truth."""
     tasks = summary.per_task
-    methods = summary.methods
+    methods = ["best", *summary.methods]
     fig, axes = plt.subplots(
         1,
         len(SELECTION_METHODS),
@@ -115,13 +124,19 @@ def _picks_figure(plt, summary: Selection):
     for ax, truth in zip(axes[0], SELECTION_METHODS, strict=True):
         grid = np.full((len(tasks), len(methods)), np.nan)
         for t, task in enumerate(tasks):
-            for j, method in enumerate(methods):
+            accuracy = task["accuracy"][truth]
+            best = max(accuracy, key=accuracy.get)
+            grid[t, 0] = 1.0
+            ax.text(0, t, str(index[best]), ha="center", va="center", fontsize=6, weight="bold")
+            for j, method in enumerate(methods[1:], start=1):
                 pick = task["methods"][method].get(truth)
                 if pick is not None and pick.relative_accuracy is not None:
                     grid[t, j] = pick.relative_accuracy
                     ax.text(j, t, str(index[pick.picked]), ha="center", va="center", fontsize=6)
         image = ax.imshow(grid, cmap="RdYlGn", vmin=np.nanmin(grid, initial=1.0), vmax=1.0)
-        ax.set_xticks(range(len(methods)), [LABELS[m] for m in methods], rotation=90, fontsize=7)
+        ax.set_xticks(
+            range(len(methods)), [LABELS.get(m, m) for m in methods], rotation=90, fontsize=7
+        )
         ax.set_yticks(
             range(len(tasks)),
             [f"{task['target']} #{task['task_index']}" for task in tasks],
@@ -161,7 +176,7 @@ def write_figures(
 
     def save(fig, name: str) -> None:
         path = out / name
-        fig.savefig(path, dpi=80, bbox_inches="tight")
+        fig.savefig(path, dpi=72)
         plt.close(fig)
         paths.append(path)
 

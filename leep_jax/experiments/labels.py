@@ -11,7 +11,12 @@ METHOD_LABELS = {
     "fine_tune": "fine-tune",
     "train_from_scratch": "scratch",
 }
-SHORT_METHOD_LABELS = {"retrain_head": "head", "fine_tune": "ft", "gain": "ft − scratch"}
+SHORT_METHOD_LABELS = {
+    "retrain_head": "head",
+    "fine_tune": "ft",
+    "train_from_scratch": "scratch",
+    "gain": "ft − scratch",
+}
 
 # Every score and baseline a table or figure names (`leep_jax.experiments.statistics`).
 LABELS: dict[str, str] = {

@@ -129,7 +129,11 @@ def _lead_section(summary: Mapping[str, Mapping[str, RegimeSummary]], rq4: Selec
     if rq4.per_task:
         lines += [
             f"{len(rq4.per_task)} target tasks x {len(rq4.models)} zoo models"
-            + (f" ({rq4.incomplete_tasks} tasks still incomplete, left out)" if rq4.incomplete_tasks else "")
+            + (
+                f" ({rq4.incomplete_tasks} tasks still incomplete, left out)"
+                if rq4.incomplete_tasks
+                else ""
+            )
             + ". Per task, each method orders the models; weighted Kendall tau "
             "(`scipy.stats.weightedtau`, defaults, as in the LogME and SFDA benchmarks) "
             "against the fine-tuned accuracy the models reach, and top-1: the method's "
@@ -174,8 +178,10 @@ def _lead_section(summary: Mapping[str, Mapping[str, RegimeSummary]], rq4: Selec
         "",
     ]
     for outcome in (*CORRELATED_METHODS, "gain"):
-        label = "fine-tuned minus from-scratch accuracy" if outcome == "gain" else (
-            f"the accuracy of {METHOD_LABELS[outcome]}"
+        label = (
+            "fine-tuned minus from-scratch accuracy"
+            if outcome == "gain"
+            else (f"the accuracy of {METHOD_LABELS[outcome]}")
         )
         lines += [f"Pooled within-class-count r with {label}:", ""]
         lines += [*tables.within_table(summary, outcome), ""]
@@ -372,6 +378,13 @@ def write_report(results: Results, out_dir: str | Path) -> Path:
         "`leep_jax.experiments.report`: every number below is computed from its rows.",
         "",
     ]
+    waiting = [
+        f"`{pair}`"
+        for pair in results.config.get("pairs", ())
+        if not any(entry.n_rows for entry in summary.get(pair, {}).values())
+    ]
+    if waiting:
+        lines += ["Pairs without rows yet: " + ", ".join(waiting) + ".", ""]
     if results.config.get("mode") == "quick":
         lines += [
             "**Quick mode**: a smoke test with a briefly trained source, tiny tasks and few "

@@ -352,9 +352,7 @@ class RegimeSummary(_Record):
 
 
 def _outcomes(points: Sequence[TaskPoint]) -> dict[str, np.ndarray]:
-    out = {
-        m: np.asarray([p.accuracy.get(m, math.nan) for p in points]) for m in CORRELATED_METHODS
-    }
+    out = {m: np.asarray([p.accuracy.get(m, math.nan) for p in points]) for m in CORRELATED_METHODS}
     if points and all(SCRATCH in p.accuracy and "fine_tune" in p.accuracy for p in points):
         out[GAIN] = np.asarray([p.accuracy["fine_tune"] - p.accuracy[SCRATCH] for p in points])
     return out
@@ -368,9 +366,7 @@ def regime_summary(rows: Sequence[TaskRow]) -> RegimeSummary:
     correlations, within = {}, {}
     for score in CORRELATED_SCORES:
         x = [p.scores[score] for p in points]
-        correlations[score] = {
-            m: correlation(x, outcomes[m], classes) for m in CORRELATED_METHODS
-        }
+        correlations[score] = {m: correlation(x, outcomes[m], classes) for m in CORRELATED_METHODS}
         within[score] = {o: pooled_within(x, y, classes) for o, y in outcomes.items()}
     return RegimeSummary(
         n_rows=len(rows),
@@ -719,7 +715,9 @@ def selection(rows: Sequence[Rq4Row], zoo: Mapping[str, Any] | None = None, *, s
                 "target": target,
                 "task_index": index,
                 "num_classes": ordered[0].num_classes,
-                "accuracy": {t: dict(zip(models, a.tolist(), strict=True)) for t, a in accuracy.items()},
+                "accuracy": {
+                    t: dict(zip(models, a.tolist(), strict=True)) for t, a in accuracy.items()
+                },
                 "methods": {
                     m: {t: s for t, s in by_truth.items() if s is not None}
                     for m, by_truth in chosen.items()
@@ -745,9 +743,7 @@ def selection(rows: Sequence[Rq4Row], zoo: Mapping[str, Any] | None = None, *, s
         all=aggregate(everything),
         leep_vs={
             truth: {
-                m: _paired(
-                    [p["leep"][truth] for p in picks], [p[m][truth] for p in picks], seed
-                )
+                m: _paired([p["leep"][truth] for p in picks], [p[m][truth] for p in picks], seed)
                 for m in SELECTION_SCORES
                 if m != "leep"
             }

@@ -64,9 +64,7 @@ def estimate_text(estimate: Estimate, fmt: str = ".2f") -> str:
     """``0.56 [0.41, 0.70]``: a mean and its bootstrap 95 % interval."""
     if estimate.mean is None:
         return "n/a"
-    return (
-        f"{estimate.mean:{fmt}} [{num_text(estimate.low, fmt)}, {num_text(estimate.high, fmt)}]"
-    )
+    return f"{estimate.mean:{fmt}} [{num_text(estimate.low, fmt)}, {num_text(estimate.high, fmt)}]"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -105,7 +103,9 @@ def correlation_table(
     rows = []
     for pair, regime, entry in _cells(summary):
         by_score = {s: value(entry.correlations[s][method]) for s in scores}
-        defined = [by_score[s][0] for s in scores if s in SCORE_NAMES and by_score[s][0] is not None]
+        defined = [
+            by_score[s][0] for s in scores if s in SCORE_NAMES and by_score[s][0] is not None
+        ]
         best = max(defined) if defined else None
         row = [f"`{pair}`", regime, _tasks_text(entry)]
         for s in scores:
@@ -130,7 +130,9 @@ def within_table(summary: Summary, outcome: str) -> list[str]:
         rows.append(row)
     if not rows:
         return ["Too few tasks per class count for this view."]
-    return _table(["pair", "regime", "class counts (tasks)", *(LABELS[s] for s in SCORE_NAMES)], rows)
+    return _table(
+        ["pair", "regime", "class counts (tasks)", *(LABELS[s] for s in SCORE_NAMES)], rows
+    )
 
 
 def at_chance_table(summary: Summary, selection: Selection) -> list[str]:
@@ -146,7 +148,9 @@ def at_chance_table(summary: Summary, selection: Selection) -> list[str]:
         )
     if not rows:
         return ["No rows yet."]
-    return _table(["pair", "regime", "rows", *(SHORT_METHOD_LABELS.get(m, m) for m in METHODS)], rows)
+    return _table(
+        ["pair", "regime", "rows", *(SHORT_METHOD_LABELS.get(m, m) for m in METHODS)], rows
+    )
 
 
 def accuracy_table(results: Results) -> list[str]:
