@@ -119,6 +119,14 @@ def test_partial_correlation_matches_a_direct_residual_regression(seed):
     assert got_p == pytest.approx(p, rel=1e-8)
 
 
+def test_partial_correlation_with_one_class_count_is_pearson():
+    rng = np.random.default_rng(13)
+    x, y = rng.normal(size=(2, 12))
+    got = statistics.correlation(x, y, [4] * 12)
+    assert got.partial_r == pytest.approx(got.pearson_r, rel=1e-10)
+    assert got.partial_p == pytest.approx(got.p_value, rel=1e-8)
+
+
 def test_class_count_baseline_has_raw_r_but_no_partial_r():
     rows = random_tasks(np.random.default_rng(3), 30)
     entry = statistics.regime_summary(rows)
@@ -383,7 +391,7 @@ def partial_results() -> Results:
     rng = np.random.default_rng(12)
     tasks = random_tasks(rng, 9)
     tasks.append(task_row(9, tasks[2].classes, tasks[2].scores, dict.fromkeys(METHODS, 0.4)))
-    small = random_tasks(rng, 3, regime="small_noisy")
+    small = random_tasks(rng, 1, regime="small_noisy")  # no figure for one task
     small[0] = task_row(0, small[0].classes, small[0].scores | {"nleep": None}, small[0].accuracy,
                         regime="small_noisy", at_chance={"retrain_head": True})  # fmt: skip
     rows = rq4_rows(rng, 4)[:-2]
@@ -415,7 +423,7 @@ def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_pa
     first = write_report(read_results(tmp_path), tmp_path).read_text()
     again = tmp_path / "again"
     again.mkdir()
-    second = write_report(Results.from_json(json.loads(json.dumps(results.to_json()))), again)
+    second = write_report(results, again)  # the run's own rows, as in memory
     assert second.read_text() == first
     assert "INCOMPLETE" in first and "CNAPs" in first and "0.05" in first
     summary = statistics.summarize(results.tasks, [PAIR], [LARGE, "small_noisy"])
@@ -435,6 +443,28 @@ def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_pa
     )
     for path in tmp_path.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runner_refresh_stores_json_summaries(tmp_path):
+    from leep_jax.experiments.config import ExperimentConfig
+    from leep_jax.experiments.runner import _refresh
+
+    results = partial_results()
+    config = ExperimentConfig(
+        pairs=(PAIR, "fashion_mnist->digits"),
+        tasks_per_regime={LARGE: 20, "small_noisy": 5},
+        epochs={LARGE: 2, "small_noisy": 2},
+    )
+    _refresh(results, config)
+    write_json_atomic(tmp_path / "results.json", results.to_json())  # no NaN allowed
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["summary"]["fashion_mnist->digits"][LARGE]["n_tasks"] == 0
+    assert stored["summary"][PAIR][LARGE]["n_rows"] == 10
+    assert stored["rq4"]["summary"]["incomplete_tasks"] == 1
+    leep = stored["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau"]
+    expected = statistics.selection(results.rq4_rows, results.zoo).all["leep"]["fine_tune"]
+    assert leep == expected.weighted_tau.to_json()
+    assert read_results(tmp_path).tasks == results.tasks
 
 
 def test_report_without_any_row(tmp_path):

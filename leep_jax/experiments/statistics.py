@@ -63,6 +63,7 @@ __all__ = [
     "partial_correlation",
     "pooled_within",
     "rank_agreement",
+    "regime_summary",
     "rows_by",
     "score_of",
     "selection",
@@ -180,7 +181,8 @@ def partial_correlation(
 
     Both are regressed (least squares, with an intercept) on the covariate; r is the
     correlation of the residuals, tested with a t distribution with n - 3 degrees of
-    freedom. Points with a non-finite value are dropped. r is None with fewer than 4
+    freedom (n - 2 when the covariate is constant: then it is Pearson r and its
+    test). Points with a non-finite value are dropped. r is None with fewer than 4
     points or when the covariate explains ``x`` or ``y`` entirely (the baseline
     ``class_count`` against ``log(num_classes)``).
 
@@ -196,7 +198,8 @@ def partial_correlation(
     residual = np.stack([x, y], axis=1) - design @ coef
     if _explained(residual[:, 0], x) or _explained(residual[:, 1], y):
         return None, None, n
-    r, p = _r_and_p(residual[:, 0], residual[:, 1], n - 3)
+    # A constant covariate takes out only the mean: Pearson r and its test again.
+    r, p = _r_and_p(residual[:, 0], residual[:, 1], n - 3 + (np.ptp(z) == 0))
     return r, p, n
 
 
@@ -288,6 +291,12 @@ def _task_key(row: TaskRow) -> Any:
     return tuple(sorted(row.classes)) if row.regime == WHOLE_CLASS_REGIME else row.id
 
 
+def _mean(values: Sequence[float]) -> float:
+    # In float64 whatever the values' type (a run's rows may hold NumPy float32 values,
+    # its results.json holds their exact float64 widening): the same statistics.
+    return float(np.mean(np.asarray(values, np.float64)))
+
+
 def _nanmean(values: Sequence[float]) -> float:
     values = np.asarray(values, np.float64)
     return float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else math.nan
@@ -310,12 +319,14 @@ def distinct_tasks(rows: Sequence[TaskRow]) -> list[TaskPoint]:
         for m in ("fine_tune", SCRATCH):
             if all(r.curves.get(m) for r in group):
                 length = min(len(r.curves[m]) for r in group)
-                curves[m] = np.mean([r.curves[m][:length] for r in group], axis=0)
+                curves[m] = np.mean(
+                    np.asarray([r.curves[m][:length] for r in group], np.float64), axis=0
+                )
         points.append(
             TaskPoint(
                 num_classes=group[0].num_classes,
                 scores={s: _nanmean([score_of(r, s) for r in group]) for s in CORRELATED_SCORES},
-                accuracy={m: float(np.mean([r.accuracy[m] for r in group])) for m in methods},
+                accuracy={m: _mean([r.accuracy[m] for r in group]) for m in methods},
                 curves=curves,
                 rows=len(group),
             )
@@ -697,7 +708,9 @@ def selection(rows: Sequence[Rq4Row], zoo: Mapping[str, Any] | None = None, *, s
     per_task, picks = [], []  # picks[i][method][truth]: TaskSelection or None
     for (target, index), by_model in complete.items():
         ordered = [by_model[m] for m in models]
-        accuracy = {t: np.asarray([r.accuracy[t] for r in ordered]) for t in SELECTION_METHODS}
+        accuracy = {
+            t: np.asarray([float(r.accuracy[t]) for r in ordered]) for t in SELECTION_METHODS
+        }
         chosen = {
             method: {
                 truth: _task_selection(
