@@ -473,3 +473,27 @@ def test_report_without_any_row(tmp_path):
     text = write_report(results, tmp_path).read_text()
     assert "No complete RQ4 task yet" in text and "No tasks yet." in text
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_scatter_panels_state_n_r_p_and_partial_r_and_colour_by_class_count():
+    from leep_jax.experiments import figures
+
+    plt = figures._pyplot()
+    points = statistics.distinct_tasks(random_tasks(np.random.default_rng(14), 12))
+    fig = figures._scatter_figure(plt, points, "test")
+    try:
+        column = statistics.CORRELATED_SCORES.index("leep")
+        ax = fig.axes[
+            statistics.CORRELATED_METHODS.index("fine_tune") * len(statistics.CORRELATED_SCORES)
+            + column
+        ]
+        x = [p.scores["leep"] for p in points]
+        y = [p.accuracy["fine_tune"] for p in points]
+        stats = statistics.correlation(x, y, [p.num_classes for p in points])
+        title = ax.get_title()
+        assert f"n={len(points)} r={stats.pearson_r:+.2f} p={stats.p_value:.2g}" in title
+        assert f"partial r={stats.partial_r:+.2f}" in title
+        colours = ax.collections[0].get_array()
+        np.testing.assert_array_equal(colours, [p.num_classes for p in points])
+    finally:
+        plt.close(fig)

@@ -233,6 +233,14 @@ def pooled_within(x: Sequence[float], y: Sequence[float], groups: Sequence[int])
     spread, unlike an unweighted mean of per-group r, and gives one test: the
     centred r is the partial correlation given the group indicators, so its t-test
     has n - groups - 1 degrees of freedom.
+
+    Examples:
+      Centred, x is (-0.5, 0.5, -1, 1) and y (-0.5, 0.5, 0.5, -0.5): r = -0.5 /
+      sqrt(2.5 * 1) = -1 / sqrt(10); the 4-class task is alone and skipped.
+
+      >>> stats = pooled_within([0, 1, 5, 7, 3], [0, 1, 9, 8, 2], [2, 2, 3, 3, 4])
+      >>> round(stats.r, 4), stats.n_tasks, stats.groups
+      (-0.3162, 4, 2)
     """
     x, y, g = _finite(x, y, groups)
     kept = [v for v in np.unique(g) if np.count_nonzero(g == v) >= 2]
@@ -488,6 +496,10 @@ def bootstrap_mean(
     seeded with ``seed``, so equal inputs give equal intervals, and methods measured on
     the same tasks are resampled alike); the interval holds the central ``level`` of
     the resampled means.
+
+    Examples:
+      >>> bootstrap_mean([0.5, 0.5, 0.5])
+      Estimate(mean=0.5, low=0.5, high=0.5, n=3)
     """
     values = np.asarray(values, np.float64)
     n = int(values.size)
