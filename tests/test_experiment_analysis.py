@@ -312,7 +312,8 @@ def test_selection_per_task_matches_scipy_and_the_zoo_baselines():
                 )
                 picked = MODELS[int(np.argmax(x))]
                 assert pick.picked == picked
-                assert pick.top1 == (by_model[picked].accuracy[truth] == max(y))
+                assert pick.tied == 1
+                assert pick.top1 == float(by_model[picked].accuracy[truth] == max(y))
                 assert pick.relative_accuracy == pytest.approx(
                     by_model[picked].accuracy[truth] / max(y)
                 )
@@ -341,6 +342,19 @@ def test_selection_leaves_out_methods_with_an_undefined_value():
     assert got.all["num_params"]["fine_tune"].weighted_tau.mean is None
     assert "parc" not in {m for m, v in got.per_task[1]["methods"].items() if v}
     assert got.leep_vs["fine_tune"]["parc"].n_tasks == 2
+
+
+def test_tied_top_scores_count_as_a_random_pick_among_them():
+    rows = rq4_rows(np.random.default_rng(15), 2)
+    zoo = {m: dict(info, num_params=1000) for m, info in ZOO.items()}  # every model ties
+    got = statistics.selection(rows, zoo)
+    for entry in got.per_task:
+        pick = entry["methods"]["num_params"]["fine_tune"]
+        accuracy = np.array(list(entry["accuracy"]["fine_tune"].values()))
+        assert pick.tied == len(MODELS)
+        assert pick.top1 == pytest.approx(np.mean(accuracy == accuracy.max()))
+        assert pick.relative_accuracy == pytest.approx(accuracy.mean() / accuracy.max())
+        assert pick.weighted_tau is None  # all tied: undefined
 
 
 def test_selection_without_rows():

@@ -110,8 +110,8 @@ def _curves_figure(plt, points: Sequence[TaskPoint], title: str):
 
 def _picks_figure(plt, summary: Selection):
     """Task x method grid: colour = picked model's accuracy relative to the best, text =
-    the picked model's number (legend in the title; first column: the best model), one
-    panel per ground truth."""
+    the picked model's number (legend in the title; first column: the best model; *:
+    tied top scores), one panel per ground truth."""
     tasks = summary.per_task
     methods = ["best", *summary.methods]
     fig, axes = plt.subplots(
@@ -132,7 +132,8 @@ def _picks_figure(plt, summary: Selection):
                 pick = task["methods"][method].get(truth)
                 if pick is not None and pick.relative_accuracy is not None:
                     grid[t, j] = pick.relative_accuracy
-                    ax.text(j, t, str(index[pick.picked]), ha="center", va="center", fontsize=6)
+                    text = str(index[pick.picked]) + ("*" if pick.tied > 1 else "")
+                    ax.text(j, t, text, ha="center", va="center", fontsize=6)
         image = ax.imshow(grid, cmap="RdYlGn", vmin=np.nanmin(grid, initial=1.0), vmax=1.0)
         ax.set_xticks(
             range(len(methods)), [LABELS.get(m, m) for m in methods], rotation=90, fontsize=7
@@ -145,6 +146,7 @@ def _picks_figure(plt, summary: Selection):
         ax.set_title(f"ground truth: {METHOD_LABELS[truth]}", fontsize=9)
         fig.colorbar(image, ax=ax, label="picked / best accuracy", shrink=0.7)
     legend = "models: " + ", ".join(f"{k} = {m}" for m, k in index.items())
+    legend += " (*: tied top scores, the first shown; colour: the expected accuracy)"
     fig.suptitle("RQ4: the model each method picks per task\n" + legend, fontsize=8)
     return fig
 

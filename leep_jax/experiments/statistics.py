@@ -543,7 +543,9 @@ class TaskSelection(_Record):
       weighted_tau: `scipy.stats.weightedtau` (defaults) of scores and accuracies.
       kendall_tau: Kendall's tau-b.
       picked: the model with the highest score (the first in model order on ties).
-      top1: the picked model reaches the best accuracy.
+      tied: models sharing the highest score (1 without ties). With ties the pick is
+        random among them, and the next three are expectations over that choice.
+      top1: 1.0 if the picked model reaches the best accuracy, else 0.0.
       relative_accuracy: the picked model's accuracy over the best model's.
       regret: the best accuracy minus the picked model's.
     """
@@ -551,7 +553,8 @@ class TaskSelection(_Record):
     weighted_tau: float | None
     kendall_tau: float | None
     picked: str
-    top1: bool
+    tied: int
+    top1: float
     relative_accuracy: float | None
     regret: float
 
@@ -637,15 +640,19 @@ def _task_selection(
     if not np.isfinite(scores).all():
         return None
     _, kendall, weighted = rank_agreement(scores, accuracy)
-    picked = int(np.argmax(scores))
+    # Tied top scores (a per-model baseline such as the parameter count can tie): the
+    # pick is random among them, so top-1 and accuracy are their expectations.
+    top = np.flatnonzero(scores == scores.max())
     best = float(accuracy.max())
+    picked = float(accuracy[top].mean())
     return TaskSelection(
         weighted_tau=weighted,
         kendall_tau=kendall,
-        picked=models[picked],
-        top1=bool(accuracy[picked] >= best),
-        relative_accuracy=float(accuracy[picked] / best) if best > 0 else None,
-        regret=best - float(accuracy[picked]),
+        picked=models[int(top[0])],
+        tied=int(top.size),
+        top1=float(np.mean(accuracy[top] >= best)),
+        relative_accuracy=picked / best if best > 0 else None,
+        regret=best - picked,
     )
 
 
@@ -656,7 +663,7 @@ def _aggregate(entries: Sequence[TaskSelection | None], seed: int) -> MethodSele
     return MethodSelection(
         n_tasks=len(done),
         weighted_tau=bootstrap_mean(taus, seed=seed),
-        top1=bootstrap_mean([float(e.top1) for e in done], seed=seed),
+        top1=bootstrap_mean([e.top1 for e in done], seed=seed),
         relative_accuracy=bootstrap_mean(relative, seed=seed),
         regret=bootstrap_mean([e.regret for e in done], seed=seed),
     )
