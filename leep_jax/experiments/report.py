@@ -138,12 +138,12 @@ def _lead_section(summary: Mapping[str, Mapping[str, RegimeSummary]], rq4: Selec
             "(`scipy.stats.weightedtau`, defaults, as in the LogME and SFDA benchmarks) "
             "against the fine-tuned accuracy the models reach, and top-1: the method's "
             "highest-scoring model is the best one (tied top scores: the expectation of a "
-            "random pick among them, also for picked / best accuracy). Means over tasks with bootstrap 95 % "
-            "intervals (10,000 resamples of the tasks, seeded); LEEP paired against each "
-            "method over the same tasks (mean difference of tau with its bootstrap interval, "
-            "two-sided Wilcoxon signed-rank p). Baselines: the source model's own test "
-            "accuracy, its parameter count, and k-NN accuracy on the target features "
-            "(source accuracy and size are one value per model, whatever the task).",
+            "random pick among them, also for picked / best accuracy). Means over tasks with "
+            "bootstrap 95 % intervals (10,000 resamples of the tasks, seeded); LEEP paired "
+            "against each method over the same tasks (mean difference of tau with its "
+            "bootstrap interval, two-sided Wilcoxon signed-rank p). Baselines: the source "
+            "model's own test accuracy, its parameter count, and k-NN accuracy on the target "
+            "features (source accuracy and size are one value per model, whatever the task).",
             "",
             *tables.selection_table(rq4, "fine_tune"),
             "",

@@ -627,7 +627,7 @@ class Selection(_Record):
 
 def _method_value(row: Rq4Row, method: str, zoo: Mapping[str, Any]) -> float:
     if method == "knn_accuracy":
-        return float(row.knn_accuracy)
+        return math.nan if row.knn_accuracy is None else float(row.knn_accuracy)
     if method in SELECTION_BASELINES:
         value = (zoo.get(row.model) or {}).get(method)
         return math.nan if value is None else float(value)
