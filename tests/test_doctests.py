@@ -10,6 +10,7 @@ MODULES = [
     "leep_jax.scores.nce",
     "leep_jax.streaming.accumulators",
     "leep_jax.models.common",
+    "leep_jax.experiments.statistics",
 ]
 
 

@@ -26,7 +26,6 @@ from leep_jax.experiments.config import REGIMES, ExperimentConfig, source_spec
 from leep_jax.experiments.measure import task_scores
 from leep_jax.experiments.pairs import parse_pair, parse_slice
 from leep_jax.experiments.results import ConfigMismatchError, read_results
-from leep_jax.experiments.rows import TaskRow
 from leep_jax.experiments.runner import _round_robin, run_experiment
 from leep_jax.scores.names import SCORE_NAMES
 from leep_jax.streaming.engine import nleep_key
@@ -348,77 +347,6 @@ def test_task_scores_rejects_too_few_rows():
         task_scores(np.zeros((5, 2)), np.zeros((5, 3)), np.zeros(5, np.int32), 3, compile_classes=2)
 
 
-def _task_row(pair, regime, task_index, num_classes, scores, accuracy) -> TaskRow:
-    """A row with only what the statistics read (the rest zero), from a JSON-style dict."""
-    return TaskRow.from_json(
-        {
-            "id": f"{pair}|{regime}|{task_index:03d}",
-            "pair": pair,
-            "regime": regime,
-            "task_index": task_index,
-            "classes": list(range(num_classes)),
-            "num_classes": num_classes,
-            "n_train": 0,
-            "n_test": 0,
-            "class_counts": [],
-            "num_noisy_labels": 0,
-            "scores": scores,
-            "accuracy": accuracy,
-            "curves": {},
-            "steps": {},
-            "at_chance": {},
-            "timings": {},
-            "session": 0,
-        }
-    )
-
-
-def test_within_class_count_averages_scipy_per_group():
-    rng = np.random.default_rng(1)
-    rows = []
-    for i in range(14):
-        k = 2 + i % 3  # groups of 5, 5 and 4 tasks
-        rows.append(
-            {
-                "pair": "p",
-                "regime": "large_balanced",
-                "task_index": i,
-                "num_classes": k,
-                "scores": {m: float(rng.normal()) for m in ("leep", "nce", "h_score")},
-                "accuracy": {
-                    m: float(rng.uniform()) for m in ("retrain_head", "fine_tune", "scratch")
-                },
-            }
-        )
-    typed = [_task_row(**row) for row in rows]
-    got = statistics.within_class_count(typed, ["p"], ["large_balanced"])["p"]["large_balanced"]
-    expected = np.mean(
-        [
-            scipy.stats.pearsonr(
-                [r["scores"]["nce"] for r in rows if r["num_classes"] == k],
-                [r["accuracy"]["fine_tune"] for r in rows if r["num_classes"] == k],
-            ).statistic
-            for k in (2, 3, 4)
-        ]
-    )
-    assert got["nce"]["fine_tune"]["groups"] == 3 and got["nce"]["fine_tune"]["n_tasks"] == 14
-    assert got["nce"]["fine_tune"]["mean_r"] == pytest.approx(expected, rel=1e-12)
-    gain = np.mean(
-        [
-            scipy.stats.pearsonr(
-                [r["scores"]["leep"] for r in rows if r["num_classes"] == k],
-                [
-                    r["accuracy"]["fine_tune"] - r["accuracy"]["scratch"]
-                    for r in rows
-                    if r["num_classes"] == k
-                ],
-            ).statistic
-            for k in (2, 3, 4)
-        ]
-    )
-    assert got["leep"]["gain"]["mean_r"] == pytest.approx(gain, rel=1e-12)
-
-
 # --------------------------------------------------------------------------- a run
 
 TASK_KEYS = {
@@ -456,11 +384,22 @@ def test_results_schema(run_a):
     for pair in PAIRS:
         assert "source_test_accuracy" in on_disk["sources"][pair]
         for regime in TASKS:
-            for metric in ("leep", "nce", "h_score"):
+            rows = [t for t in on_disk["tasks"] if (t["pair"], t["regime"]) == (pair, regime)]
+            distinct = len({tuple(sorted(t["classes"])) for t in rows})  # one class set, one task
+            summary = on_disk["summary"][pair][regime]
+            assert summary["n_rows"] == TASKS[regime]
+            assert summary["n_tasks"] == (distinct if regime == "large_balanced" else len(rows))
+            for metric in ("leep", "nce", "h_score", "class_count"):
                 for method in ("retrain_head", "fine_tune"):
-                    entry = on_disk["summary"][pair][regime][metric][method]
-                    assert set(entry) == {"pearson_r", "p_value", "n_tasks"}
-                    assert entry["n_tasks"] == TASKS[regime]
+                    entry = summary["correlations"][metric][method]
+                    assert set(entry) == {
+                        "pearson_r",
+                        "p_value",
+                        "partial_r",
+                        "partial_p",
+                        "n_tasks",
+                    }
+                    assert entry["n_tasks"] == summary["n_tasks"]
             rq2 = on_disk["rq2"][pair][regime]
             assert rq2["epochs"] == 2
             assert len(rq2["fine_tune"]["leep"]) == len(rq2["gain"]["leep"]) == 2
@@ -468,9 +407,9 @@ def test_results_schema(run_a):
     assert len(rq4["rows"]) == NUM_RQ4
     assert len(rq4["summary"]["per_task"]) == NUM_RQ4 // 3
     assert set(rq4["summary"]["models"]) == {"test-cnn4-a", "test-cnn4-b", "test-cnn4-c"}
-    for metric in ("leep", "nce", "h_score"):
+    for metric in ("leep", "nce", "h_score", "knn_accuracy", "source_test_accuracy"):
         entry = rq4["summary"]["all"][metric]["fine_tune"]
-        assert {"kendall_tau_mean", "weighted_tau_mean", "top1_rate", "mean_regret"} <= set(entry)
+        assert {"weighted_tau", "top1", "relative_accuracy", "regret"} <= set(entry)
         assert entry["n_tasks"] == NUM_RQ4 // 3
 
 
@@ -486,13 +425,13 @@ def test_summary_matches_scipy_on_the_task_rows(run_a):
     results = json.loads((out / "results.json").read_text())
     checked = 0
     for pair in PAIRS:
-        for regime in TASKS:
+        for regime in set(TASKS) - {"large_balanced"}:  # every row its own task
             rows = [t for t in results["tasks"] if t["pair"] == pair and t["regime"] == regime]
             for metric in ("leep", "nce", "h_score"):
                 for method in ("retrain_head", "fine_tune"):
                     x = [t["scores"][metric] for t in rows]
                     y = [t["accuracy"][method] for t in rows]
-                    entry = results["summary"][pair][regime][metric][method]
+                    entry = results["summary"][pair][regime]["correlations"][metric][method]
                     if np.ptp(x) == 0 or np.ptp(y) == 0:  # constant: undefined
                         assert entry["pearson_r"] is None
                         continue
@@ -506,7 +445,7 @@ def test_summary_matches_scipy_on_the_task_rows(run_a):
 @pytest.mark.slow  # shares two tiny end-to-end runs (about a minute on 2 cores)
 def test_rq2_and_rq4_match_scipy_on_the_rows(run_a):
     out, results = run_a
-    pair, regime = PAIRS[0], "large_balanced"
+    pair, regime = PAIRS[0], "small_balanced"  # every row its own task
     rows = [t for t in results["tasks"] if t["pair"] == pair and t["regime"] == regime]
     leeps = [t["scores"]["leep"] for t in rows]
     gains = [t["curves"]["fine_tune"][0] - t["curves"]["scratch"][0] for t in rows]
@@ -519,10 +458,10 @@ def test_rq2_and_rq4_match_scipy_on_the_rows(run_a):
         for r in results["rq4"]["rows"]
         if (r["target"], r["task_index"]) == (task["target"], task["task_index"])
     }
-    models = task["models"]
+    models = results["rq4"]["summary"]["models"]
     scores = [by_model[m]["scores"]["leep"] for m in models]
     accuracy = [by_model[m]["accuracy"]["fine_tune"] for m in models]
-    got = task["leep"]["fine_tune"]
+    got = task["methods"]["leep"]["fine_tune"]
     assert _same(got["weighted_tau"], scipy.stats.weightedtau(scores, accuracy).statistic)
     assert _same(got["kendall_tau"], scipy.stats.kendalltau(scores, accuracy).statistic)
     assert got["picked"] == models[int(np.argmax(scores))]
@@ -534,16 +473,14 @@ def test_report_and_figures_written(run_a):
     text = (out / "report.md").read_text()
     for needle in ("LEEP", "NCE", "H-score", "RQ2", "RQ4", "paper", "duration", PAIRS[0]):
         assert needle in text
-    # The summary at the top quotes the tables' numbers.
-    glance = text.split("## At a glance", 1)[1].split("## Setup", 1)[0]
+    # The summary at the top quotes the stored statistics.
+    glance = text.split("## At a glance", 1)[1].split("## What the data support", 1)[0]
     for pair in PAIRS:
-        large = results["summary"][pair]["large_balanced"]["leep"]
-        quoted = (
-            f"LEEP {tables.r_text(large['retrain_head'])} / {tables.r_text(large['fine_tune'])}"
-        )
+        leep = results["summary"][pair]["large_balanced"]["correlations"]["leep"]["fine_tune"]
+        quoted = f"LEEP r {tables.r_text(leep['pearson_r'], leep['p_value'])}"
         assert f"RQ1, `{pair}`" in glance and quoted in glance
-    weighted = results["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau_mean"]
-    assert f"LEEP {tables.num_text(weighted)}" in glance
+    weighted = results["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau"]
+    assert f"LEEP {tables.estimate_text(statistics.Estimate(**weighted))}" in glance
     pngs = sorted(p.name for p in out.glob("*.png"))
     for pair in PAIRS:
         for regime in TASKS:

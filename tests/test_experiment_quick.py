@@ -72,6 +72,15 @@ def test_quick_run_is_complete(quick_run):
     assert set(results["lr_selection"]) == {*config.pairs, "rq4"}
     for entries in results["lr_selection"].values():
         assert all(entry["chosen"] in config.lr_grid for entry in entries.values())
+    for pair in config.pairs:
+        for regime in config.tasks_per_regime:
+            count = counts[(pair, regime)]
+            summary = results["summary"][pair][regime]
+            assert summary["n_rows"] == summary["n_tasks"] == count  # distinct tasks
+            for metric in SCORE_NAMES:
+                for method in ("retrain_head", "fine_tune"):
+                    cell = summary["correlations"][metric][method]
+                    assert cell["n_tasks"] == summary["n_tasks"] <= count
     assert "wrote" in first.stdout
 
 

@@ -98,10 +98,14 @@ def _environment() -> dict[str, Any]:
 
 
 def _refresh(results: Results, config: ExperimentConfig) -> None:
-    """Recomputes the summaries from the rows (cheap), so every write is consistent."""
+    """Recomputes the summaries from the rows (cheap), so every write is consistent.
+
+    The summaries are stored as JSON (`Results.to_json` turns their records into
+    dicts); the report recomputes them from the rows.
+    """
     results.summary = summarize(results.tasks, config.pairs, config.tasks_per_regime)
     results.rq2 = convergence(results.tasks, config.pairs, config.tasks_per_regime)
-    results.rq4_summary = selection(results.rq4_rows)
+    results.rq4_summary = selection(results.rq4_rows, results.zoo)
 
 
 # -------------------------------------------------------------------------- the run

@@ -1,53 +1,97 @@
-"""Statistics of the experiment's rows: correlations, convergence, rank agreement.
+"""Statistics of the experiment's rows: correlations, convergence, source selection.
 
-* `summarize`: Pearson r (`scipy.stats.pearsonr`, with its two-sided p-value) of each
-  score (LEEP, NCE, H-score) with each transfer accuracy, per pair and regime (RQ1,
-  RQ3).
-* `convergence`: the same after each fine-tuning epoch, and with the gain of
-  fine-tuning over training from scratch at equal steps (RQ2).
-* `selection`: per RQ4 target task, Kendall's tau and weighted tau
-  (`scipy.stats.weightedtau` with its defaults) between each score and the accuracy of
-  the zoo's models, and whether the score's top model is the best one.
-* `within_class_count`: Pearson r within tasks of one class count, averaged.
+* `summarize` (RQ1, RQ3): per pair, regime, score and ground truth (the accuracy of
+  head re-training or of fine-tuning), Pearson r with its p-value, the partial r after
+  regressing both on log(number of classes) (`partial_correlation`), and the
+  within-class-count correlation pooled over class counts (`pooled_within`); every
+  score of `leep_jax.scores.SCORE_NAMES` plus the baseline ``class_count``
+  (= -log Y), so each table shows what the class count alone achieves.
+* `convergence` (RQ2): the same after each fine-tuning epoch, and with the gain of
+  fine-tuning over training from scratch at equal steps.
+* `selection` (RQ4): per target task, weighted Kendall tau (`scipy.stats.weightedtau`,
+  defaults, as the LogME and SFDA benchmarks use it) between each method's scores of
+  the zoo's models and their accuracy, and whether the method's top model is the best;
+  means over tasks with bootstrap 95 % intervals, and LEEP paired against every other
+  method (Wilcoxon signed-rank and a bootstrap interval of the mean difference).
 
-Their results are JSON-ready dicts (stored in results.json as they are). Undefined
-statistics (fewer than 2 tasks, constant inputs) are None, never NaN.
+Statistics are over DISTINCT tasks (`distinct_tasks`): rows of one pair and regime
+that are the same task (the same class set in ``large_balanced``, where a task is all
+pool examples of its classes) are averaged first, and the summary says how many rows
+were merged. Results are small dataclasses with ``to_json``; undefined statistics
+(too few tasks, constant inputs) are None, never NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.stats
 
-from leep_jax.experiments.rows import Rq4Row, TaskRow, json_key
-from leep_jax.scores.names import DEFAULT_SCORES
-from leep_jax.transfer.methods import Method
+from leep_jax.experiments.rows import Rq4Row, TaskRow, jsonable
+from leep_jax.scores.names import SCORE_NAMES
+from leep_jax.transfer.methods import METHODS, Method
 
 __all__ = [
+    "CLASS_COUNT",
     "CORRELATED_METHODS",
+    "CORRELATED_SCORES",
     "EXPERIMENT_SCORES",
+    "PAPER_SCORES",
+    "SELECTION_BASELINES",
     "SELECTION_METHODS",
+    "SELECTION_SCORES",
+    "Correlation",
+    "Estimate",
+    "MethodSelection",
+    "PairedTest",
+    "Pooled",
+    "RegimeSummary",
+    "Selection",
+    "TaskPoint",
+    "TaskSelection",
+    "bootstrap_mean",
     "convergence",
     "correlation",
+    "distinct_tasks",
+    "wilcoxon_method",
     "finite_or_none",
+    "partial_correlation",
+    "pooled_within",
     "rank_agreement",
+    "regime_summary",
     "rows_by",
     "score_of",
     "selection",
     "summarize",
-    "within_class_count",
 ]
 
-# The scores of the paper's protocol (v1): the three the paper compares.
-EXPERIMENT_SCORES = DEFAULT_SCORES
+# Every score of the library is measured (protocol v2).
+EXPERIMENT_SCORES = SCORE_NAMES
+# The three scores the paper compares (its headline tables and RQ2).
+PAPER_SCORES = ("leep", "nce", "h_score")
+# A baseline score: -log(number of classes), what the class count alone predicts.
+CLASS_COUNT = "class_count"
+CORRELATED_SCORES = (*SCORE_NAMES, CLASS_COUNT)
+# Ground truths, in table order.
 CORRELATED_METHODS: tuple[Method, ...] = ("retrain_head", "fine_tune")
 SELECTION_METHODS: tuple[Method, ...] = ("fine_tune", "retrain_head")
+# RQ4 baselines: per model from `Results.zoo` (source test accuracy, parameter count)
+# and per row (k-NN accuracy on the target features).
+SELECTION_BASELINES = ("source_test_accuracy", "num_params", "knn_accuracy")
+SELECTION_SCORES = (*SCORE_NAMES, *SELECTION_BASELINES)
 SCRATCH: Method = "train_from_scratch"
+GAIN = "gain"  # fine-tuned minus from-scratch accuracy (RQ2's outcome)
+# The regime in which a task is all pool examples of its classes (`pools.pair_tasks`):
+# two tasks with one class set are the same task there.
+WHOLE_CLASS_REGIME = "large_balanced"
+BOOTSTRAP_RESAMPLES = 10_000
+# Below this relative size, a residual is rounding noise: the variable is explained.
+_RESIDUAL_TOLERANCE = 1e-9
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -57,28 +101,184 @@ def finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def correlation(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
-    """Pearson r of ``x`` and ``y`` with its two-sided p-value (`scipy.stats.pearsonr`).
+class _Record:
+    """``to_json`` for the statistics' dataclasses (NaN becomes None)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+
+
+# ------------------------------------------------------------------ correlations
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation(_Record):
+    """One score against one accuracy over distinct tasks.
+
+    Attributes:
+      n_tasks: tasks with both values defined.
+      pearson_r: Pearson r (`scipy.stats.pearsonr`).
+      p_value: its two-sided p-value.
+      partial_r: r of the residuals of both after a least-squares fit on
+        ``[1, log(num_classes)]`` (`partial_correlation`).
+      partial_p: its two-sided p-value, t distribution with ``n_tasks - 3`` degrees
+        of freedom.
+    """
+
+    n_tasks: int
+    pearson_r: float | None
+    p_value: float | None
+    partial_r: float | None
+    partial_p: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooled(_Record):
+    """The within-class-count correlation, pooled (`pooled_within`).
+
+    Attributes:
+      r: Pearson r of all points after centring score and accuracy within each class
+        count.
+      p_value: two-sided, t distribution with ``n_tasks - groups - 1`` degrees of freedom.
+      n_tasks: tasks in the groups used.
+      groups: class counts with at least 2 distinct tasks.
+    """
+
+    r: float | None
+    p_value: float | None
+    n_tasks: int
+    groups: int
+
+
+def _finite(*columns: Sequence[float]) -> list[np.ndarray]:
+    arrays = [np.asarray(c, np.float64) for c in columns]
+    keep = np.logical_and.reduce([np.isfinite(a) for a in arrays])
+    return [a[keep] for a in arrays]
+
+
+def _explained(residual: np.ndarray, values: np.ndarray) -> bool:
+    return float(np.linalg.norm(residual)) <= _RESIDUAL_TOLERANCE * float(
+        np.linalg.norm(values) + np.finfo(np.float64).tiny
+    )
+
+
+def _r_and_p(rx: np.ndarray, ry: np.ndarray, df: int) -> tuple[float | None, float | None]:
+    """r of two residual vectors (already free of their means) and its t-test p-value."""
+    if df < 1:
+        return None, None
+    r = float(np.dot(rx, ry) / (np.linalg.norm(rx) * np.linalg.norm(ry)))
+    r = min(1.0, max(-1.0, r))
+    if abs(r) == 1.0:
+        return r, 0.0
+    t = r * math.sqrt(df / (1.0 - r * r))
+    return r, float(2.0 * scipy.stats.t.sf(abs(t), df))
+
+
+def partial_correlation(
+    x: Sequence[float], y: Sequence[float], covariate: Sequence[float]
+) -> tuple[float | None, float | None, int]:
+    """Partial Pearson r of ``x`` and ``y`` given ``covariate``, its p-value and n.
+
+    Both are regressed (least squares, with an intercept) on the covariate; r is the
+    correlation of the residuals, tested with a t distribution with n - 3 degrees of
+    freedom (n - 2 when the covariate is constant: then it is Pearson r and its
+    test). Points with a non-finite value are dropped. r is None with fewer than 4
+    points or when the covariate explains ``x`` or ``y`` entirely (the baseline
+    ``class_count`` against ``log(num_classes)``).
 
     Returns:
-      ``{"pearson_r", "p_value", "n_tasks"}``; r and p are None when undefined (fewer
-      than 2 points or a constant input).
+      ``(partial_r, partial_p, n)``.
     """
-    x = np.asarray(x, np.float64)
-    y = np.asarray(y, np.float64)
-    keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
+    x, y, z = _finite(x, y, covariate)
     n = int(x.size)
-    if n < 2:
-        return {"pearson_r": None, "p_value": None, "n_tasks": n}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
-        result = scipy.stats.pearsonr(x, y)
-    return {
-        "pearson_r": finite_or_none(result.statistic),
-        "p_value": finite_or_none(result.pvalue),
-        "n_tasks": n,
-    }
+    if n < 4:
+        return None, None, n
+    design = np.stack([np.ones(n), z], axis=1)
+    coef, *_ = np.linalg.lstsq(design, np.stack([x, y], axis=1), rcond=None)
+    residual = np.stack([x, y], axis=1) - design @ coef
+    if _explained(residual[:, 0], x) or _explained(residual[:, 1], y):
+        return None, None, n
+    # A constant covariate takes out only the mean: Pearson r and its test again.
+    r, p = _r_and_p(residual[:, 0], residual[:, 1], n - 3 + (np.ptp(z) == 0))
+    return r, p, n
+
+
+def correlation(
+    x: Sequence[float], y: Sequence[float], num_classes: Sequence[int] | None = None
+) -> Correlation:
+    """Pearson r of ``x`` and ``y`` and, given class counts, the partial r on their log.
+
+    Points with a non-finite value are dropped. r is None with fewer than 2 points or a
+    constant input.
+    """
+    if num_classes is None:
+        num_classes = np.ones(len(x))
+    x, y, k = _finite(x, y, num_classes)
+    n = int(x.size)
+    r = p = None
+    if n >= 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # constant input: scipy warns and returns NaN
+            result = scipy.stats.pearsonr(x, y)
+        r, p = finite_or_none(result.statistic), finite_or_none(result.pvalue)
+    partial_r, partial_p, _ = partial_correlation(x, y, np.log(k))
+    return Correlation(n, r, p, partial_r, partial_p)
+
+
+def pooled_within(x: Sequence[float], y: Sequence[float], groups: Sequence[int]) -> Pooled:
+    """Correlation within groups, pooled: centre ``x`` and ``y`` in each group, one r.
+
+    Groups with fewer than 2 points (after dropping non-finite ones) carry no
+    within-group information and are skipped. Pooling weighs each group by its
+    spread, unlike an unweighted mean of per-group r, and gives one test: the
+    centred r is the partial correlation given the group indicators, so its t-test
+    has n - groups - 1 degrees of freedom.
+
+    Examples:
+      Centred, x is (-0.5, 0.5, -1, 1) and y (-0.5, 0.5, 0.5, -0.5): r = -0.5 /
+      sqrt(2.5 * 1) = -1 / sqrt(10); the 4-class task is alone and skipped.
+
+      >>> stats = pooled_within([0, 1, 5, 7, 3], [0, 1, 9, 8, 2], [2, 2, 3, 3, 4])
+      >>> round(stats.r, 4), stats.n_tasks, stats.groups
+      (-0.3162, 4, 2)
+    """
+    x, y, g = _finite(x, y, groups)
+    kept = [v for v in np.unique(g) if np.count_nonzero(g == v) >= 2]
+    if not kept:
+        return Pooled(None, None, 0, 0)
+    rx, ry = [], []
+    for v in kept:
+        member = g == v
+        rx.append(x[member] - x[member].mean())
+        ry.append(y[member] - y[member].mean())
+    rx, ry = np.concatenate(rx), np.concatenate(ry)
+    n, groups_used = int(rx.size), len(kept)
+    if _explained(rx, x[np.isin(g, kept)]) or _explained(ry, y[np.isin(g, kept)]):
+        return Pooled(None, None, n, groups_used)
+    r, p = _r_and_p(rx, ry, n - groups_used - 1)
+    return Pooled(r, p, n, groups_used)
+
+
+# ---------------------------------------------------------------- distinct tasks
+
+
+class TaskPoint(NamedTuple):
+    """One distinct task of a pair and regime: its rows' values, averaged.
+
+    Attributes:
+      num_classes: Y.
+      scores: every score of `CORRELATED_SCORES` (NaN where undefined in every row).
+      accuracy: final test accuracy per method.
+      curves: per-epoch test accuracy of ``fine_tune`` and ``train_from_scratch``
+        (truncated to the shortest row's length).
+      rows: the rows averaged into it.
+    """
+
+    num_classes: int
+    scores: dict[str, float]
+    accuracy: dict[str, float]
+    curves: dict[str, np.ndarray]
+    rows: int
 
 
 def rows_by(tasks: Sequence[TaskRow], pair: str, regime: str) -> list[TaskRow]:
@@ -88,87 +288,230 @@ def rows_by(tasks: Sequence[TaskRow], pair: str, regime: str) -> list[TaskRow]:
 
 
 def score_of(row: TaskRow | Rq4Row, metric: str) -> float:
-    """The row's score (NaN where it is undefined)."""
+    """The row's score (NaN where it is undefined); ``class_count`` is -log Y."""
+    if metric == CLASS_COUNT:
+        return -math.log(row.num_classes)
     value = row.scores.get(metric)
     return math.nan if value is None else float(value)
 
 
+def _task_key(row: TaskRow) -> Any:
+    return tuple(sorted(row.classes)) if row.regime == WHOLE_CLASS_REGIME else row.id
+
+
+def _mean(values: Sequence[float]) -> float:
+    # In float64 whatever the values' type (a run's rows may hold NumPy float32 values,
+    # its results.json holds their exact float64 widening): the same statistics.
+    return float(np.mean(np.asarray(values, np.float64)))
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    values = np.asarray(values, np.float64)
+    return float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else math.nan
+
+
+def distinct_tasks(rows: Sequence[TaskRow]) -> list[TaskPoint]:
+    """The distinct tasks among rows of one pair and regime, in order of first row.
+
+    In ``large_balanced`` a task is all pool examples of its class set, so rows with
+    the same class set are one task: their scores (which agree) and accuracies (which
+    differ only by training seed) are averaged. Elsewhere every row is its own task.
+    """
+    groups: dict[Any, list[TaskRow]] = {}
+    for row in sorted(rows, key=lambda r: r.task_index):
+        groups.setdefault(_task_key(row), []).append(row)
+    points = []
+    for group in groups.values():
+        methods = [m for m in METHODS if all(m in r.accuracy for r in group)]
+        curves = {}
+        for m in ("fine_tune", SCRATCH):
+            if all(r.curves.get(m) for r in group):
+                length = min(len(r.curves[m]) for r in group)
+                curves[m] = np.mean(
+                    np.asarray([r.curves[m][:length] for r in group], np.float64), axis=0
+                )
+        points.append(
+            TaskPoint(
+                num_classes=group[0].num_classes,
+                scores={s: _nanmean([score_of(r, s) for r in group]) for s in CORRELATED_SCORES},
+                accuracy={m: _mean([r.accuracy[m] for r in group]) for m in methods},
+                curves=curves,
+                rows=len(group),
+            )
+        )
+    return points
+
+
+# ------------------------------------------------------------------ RQ1 and RQ3
+
+
+@dataclasses.dataclass(frozen=True)
+class RegimeSummary(_Record):
+    """The statistics of one pair and regime.
+
+    Attributes:
+      n_rows: rows.
+      n_tasks: distinct tasks (rows of one task are averaged, see `distinct_tasks`).
+      duplicate_rows: rows merged into another row's task (``n_rows - n_tasks``).
+      at_chance: per method (`leep_jax.transfer.METHODS`), rows whose accuracy is at
+        chance (they stay in the correlations).
+      correlations: ``[score][method]``, `Correlation` for every score of
+        `CORRELATED_SCORES` and ground truth of `CORRELATED_METHODS`.
+      within_class_count: ``[score][outcome]``, `Pooled` for the outcomes
+        ``retrain_head``, ``fine_tune`` and ``gain`` (fine-tuned minus from-scratch
+        accuracy, where the rows have both).
+    """
+
+    n_rows: int
+    n_tasks: int
+    duplicate_rows: int
+    at_chance: dict[str, int]
+    correlations: dict[str, dict[str, Correlation]]
+    within_class_count: dict[str, dict[str, Pooled]]
+
+
+def _outcomes(points: Sequence[TaskPoint]) -> dict[str, np.ndarray]:
+    out = {m: np.asarray([p.accuracy.get(m, math.nan) for p in points]) for m in CORRELATED_METHODS}
+    if points and all(SCRATCH in p.accuracy and "fine_tune" in p.accuracy for p in points):
+        out[GAIN] = np.asarray([p.accuracy["fine_tune"] - p.accuracy[SCRATCH] for p in points])
+    return out
+
+
+def regime_summary(rows: Sequence[TaskRow]) -> RegimeSummary:
+    """`RegimeSummary` of the rows of one pair and regime."""
+    points = distinct_tasks(rows)
+    classes = [p.num_classes for p in points]
+    outcomes = _outcomes(points)
+    correlations, within = {}, {}
+    for score in CORRELATED_SCORES:
+        x = [p.scores[score] for p in points]
+        correlations[score] = {m: correlation(x, outcomes[m], classes) for m in CORRELATED_METHODS}
+        within[score] = {o: pooled_within(x, y, classes) for o, y in outcomes.items()}
+    return RegimeSummary(
+        n_rows=len(rows),
+        n_tasks=len(points),
+        duplicate_rows=len(rows) - len(points),
+        at_chance={m: sum(bool(r.at_chance.get(m)) for r in rows) for m in METHODS},
+        correlations=correlations,
+        within_class_count=within,
+    )
+
+
 def summarize(
     tasks: Sequence[TaskRow], pairs: Sequence[str], regimes: Sequence[str]
-) -> dict[str, Any]:
-    """``summary[pair][regime][metric][method] = {"pearson_r", "p_value", "n_tasks"}``.
+) -> dict[str, dict[str, RegimeSummary]]:
+    """``summary[pair][regime]``: `RegimeSummary` of every pair and regime (RQ1, RQ3)."""
+    return {
+        pair: {regime: regime_summary(rows_by(tasks, pair, regime)) for regime in regimes}
+        for pair in pairs
+    }
 
-    Args:
-      tasks: task rows (``pair``, ``regime``, ``scores``, ``accuracy``).
-      pairs: the pairs to report (in order).
-      regimes: the regimes to report (in order).
-    """
-    summary: dict[str, Any] = {}
-    for pair in pairs:
-        summary[pair] = {}
-        for regime in regimes:
-            rows = rows_by(tasks, pair, regime)
-            summary[pair][regime] = {
-                metric: {
-                    method: correlation(
-                        [score_of(r, metric) for r in rows],
-                        [r.accuracy[method] for r in rows],
-                    )
-                    for method in CORRELATED_METHODS
-                }
-                for metric in EXPERIMENT_SCORES
-            }
-    return summary
+
+# ------------------------------------------------------------------------- RQ2
 
 
 def convergence(
     tasks: Sequence[TaskRow], pairs: Sequence[str], regimes: Sequence[str]
 ) -> dict[str, Any]:
-    """RQ2: correlations after each fine-tuning epoch.
+    """RQ2: correlations of the paper's scores after each fine-tuning epoch.
 
     Returns:
       ``rq2[pair][regime]`` with ``epochs`` (E), ``steps_per_epoch_mean``,
-      ``fine_tune[metric]`` (E correlations of the score with the fine-tuned test
-      accuracy after epochs 1..E), ``gain[metric]`` (E correlations with fine-tuned
+      ``fine_tune[score]`` (E `Correlation` of the score with the fine-tuned test
+      accuracy after epochs 1..E), ``gain[score]`` (E `Correlation` with fine-tuned
       minus from-scratch accuracy after the same number of steps) and ``mean_curves``
-      (mean accuracy per epoch of both methods).
+      (mean accuracy per epoch of both methods), over distinct tasks; ``epochs`` is 0
+      where there are no rows with both curves.
     """
     out: dict[str, Any] = {}
     for pair in pairs:
         out[pair] = {}
         for regime in regimes:
             rows = rows_by(tasks, pair, regime)
-            if not rows:
+            points = [p for p in distinct_tasks(rows) if {"fine_tune", SCRATCH} <= set(p.curves)]
+            if not points:
                 out[pair][regime] = {"epochs": 0, "fine_tune": {}, "gain": {}, "mean_curves": {}}
                 continue
-            epochs = min(len(r.curves["fine_tune"]) for r in rows)
-            tuned = np.asarray([r.curves["fine_tune"][:epochs] for r in rows], np.float64)
-            scratch = np.asarray([r.curves[SCRATCH][:epochs] for r in rows], np.float64)
+            epochs = min(min(p.curves["fine_tune"].size, p.curves[SCRATCH].size) for p in points)
+            tuned = np.asarray([p.curves["fine_tune"][:epochs] for p in points])
+            scratch = np.asarray([p.curves[SCRATCH][:epochs] for p in points])
+            classes = [p.num_classes for p in points]
+            steps = [
+                r.steps["fine_tune"] / len(r.curves["fine_tune"])
+                for r in rows
+                if r.steps.get("fine_tune") and r.curves.get("fine_tune")
+            ]
             entry: dict[str, Any] = {
                 "epochs": epochs,
-                "steps_per_epoch_mean": float(
-                    np.mean(
-                        [r.steps["fine_tune"] / max(len(r.curves["fine_tune"]), 1) for r in rows]
-                    )
-                ),
+                "steps_per_epoch_mean": float(np.mean(steps)) if steps else None,
                 "fine_tune": {},
                 "gain": {},
                 "mean_curves": {
                     "fine_tune": tuned.mean(axis=0).tolist(),
-                    json_key(SCRATCH): scratch.mean(axis=0).tolist(),
+                    "scratch": scratch.mean(axis=0).tolist(),
                 },
             }
-            for metric in EXPERIMENT_SCORES:
-                scores = [score_of(r, metric) for r in rows]
-                entry["fine_tune"][metric] = [
-                    {"epoch": e + 1, **correlation(scores, tuned[:, e])} for e in range(epochs)
+            for score in PAPER_SCORES:
+                x = [p.scores[score] for p in points]
+                entry["fine_tune"][score] = [
+                    correlation(x, tuned[:, e], classes) for e in range(epochs)
                 ]
-                entry["gain"][metric] = [
-                    {"epoch": e + 1, **correlation(scores, tuned[:, e] - scratch[:, e])}
-                    for e in range(epochs)
+                entry["gain"][score] = [
+                    correlation(x, tuned[:, e] - scratch[:, e], classes) for e in range(epochs)
                 ]
             out[pair][regime] = entry
     return out
+
+
+# ------------------------------------------------------------------------- RQ4
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate(_Record):
+    """A mean over tasks with its bootstrap interval (`bootstrap_mean`).
+
+    Attributes:
+      mean: the mean (None without values).
+      low: 2.5th percentile of the bootstrap means.
+      high: 97.5th percentile of the bootstrap means.
+      n: values averaged.
+    """
+
+    mean: float | None
+    low: float | None
+    high: float | None
+    n: int
+
+
+def bootstrap_mean(
+    values: Sequence[float],
+    *,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = 0.95,
+) -> Estimate:
+    """The mean of ``values`` and its percentile bootstrap interval.
+
+    ``resamples`` resamples of the values with replacement (`numpy.random.default_rng`
+    seeded with ``seed``, so equal inputs give equal intervals, and methods measured on
+    the same tasks are resampled alike); the interval holds the central ``level`` of
+    the resampled means.
+
+    Examples:
+      >>> bootstrap_mean([0.5, 0.5, 0.5])
+      Estimate(mean=0.5, low=0.5, high=0.5, n=3)
+    """
+    values = np.asarray(values, np.float64)
+    n = int(values.size)
+    if n == 0:
+        return Estimate(None, None, None, 0)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, n, size=(resamples, n))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    # Rounding can put a constant sample's mean a hair outside its own interval.
+    mean = float(values.mean())
+    return Estimate(mean, min(float(low), mean), max(float(high), mean), n)
 
 
 def rank_agreement(
@@ -192,126 +535,253 @@ def rank_agreement(
     )
 
 
-def _rank_agreement(scores: np.ndarray, accuracy: np.ndarray) -> dict[str, Any]:
-    kendall_tau, kendall_p, weighted_tau = rank_agreement(scores, accuracy)
-    best = int(np.argmax(scores))
-    return {
-        "kendall_tau": kendall_tau,
-        "kendall_p": kendall_p,
-        "weighted_tau": weighted_tau,
-        "picked": best,
-        "top1": bool(accuracy[best] >= accuracy.max()),
-        "regret": float(accuracy.max() - accuracy[best]),
-    }
+@dataclasses.dataclass(frozen=True)
+class TaskSelection(_Record):
+    """One method ranking the zoo on one task, against one ground truth.
+
+    Attributes:
+      weighted_tau: `scipy.stats.weightedtau` (defaults) of scores and accuracies.
+      kendall_tau: Kendall's tau-b.
+      picked: the model with the highest score (the first in model order on ties).
+      tied: models sharing the highest score (1 without ties). With ties the pick is
+        random among them, and the next three are expectations over that choice.
+      top1: 1.0 if the picked model reaches the best accuracy, else 0.0.
+      relative_accuracy: the picked model's accuracy over the best model's.
+      regret: the best accuracy minus the picked model's.
+    """
+
+    weighted_tau: float | None
+    kendall_tau: float | None
+    picked: str
+    tied: int
+    top1: float
+    relative_accuracy: float | None
+    regret: float
 
 
-def mean_or_none(values: Sequence[float | None]) -> float | None:
-    kept = [v for v in values if v is not None]
-    return float(np.mean(kept)) if kept else None
+@dataclasses.dataclass(frozen=True)
+class MethodSelection(_Record):
+    """One method over tasks: means with bootstrap 95 % intervals (`Estimate`).
+
+    Attributes:
+      n_tasks: tasks on which the method ranked every model.
+      weighted_tau: mean weighted tau.
+      top1: share of tasks where the picked model is the best.
+      relative_accuracy: mean accuracy of the picked model relative to the best.
+      regret: mean accuracy lost by taking the picked model.
+    """
+
+    n_tasks: int
+    weighted_tau: Estimate
+    top1: Estimate
+    relative_accuracy: Estimate
+    regret: Estimate
 
 
-def selection(rows: Sequence[Rq4Row]) -> dict[str, Any]:
-    """RQ4: how well each score ranks the zoo's models, per target task and overall.
+@dataclasses.dataclass(frozen=True)
+class PairedTest(_Record):
+    """LEEP against another method over the tasks where both have a weighted tau.
+
+    Attributes:
+      n_tasks: the tasks compared.
+      difference: mean of LEEP's weighted tau minus the other's, bootstrap 95 % interval.
+      wilcoxon_statistic: `scipy.stats.wilcoxon` of the per-task differences
+        (two-sided; zero differences dropped; `wilcoxon_method`).
+      wilcoxon_p: its p-value (None when every difference is zero).
+    """
+
+    n_tasks: int
+    difference: Estimate
+    wilcoxon_statistic: float | None
+    wilcoxon_p: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection(_Record):
+    """RQ4 over the zoo (`selection`).
+
+    Attributes:
+      models: the zoo's models (sorted), the order of ``accuracy`` and of ties.
+      methods: the methods ranking them (`SELECTION_SCORES`).
+      per_task: per complete task: ``target``, ``task_index``, ``num_classes``,
+        ``accuracy[method][model]`` and ``methods[method][ground truth]``
+        (`TaskSelection`, missing where a model's score is undefined).
+      targets: ``[target][method][ground truth]``, `MethodSelection` per target pool.
+      all: ``[method][ground truth]``, `MethodSelection` over every task.
+      leep_vs: ``[ground truth][method]``, `PairedTest` of LEEP against every other.
+      n_rows: RQ4 rows (complete tasks or not).
+      at_chance: per transfer method, RQ4 rows at chance.
+      incomplete_tasks: tasks skipped because some model has no row yet.
+    """
+
+    models: list[str]
+    methods: list[str]
+    per_task: list[dict[str, Any]]
+    targets: dict[str, dict[str, dict[str, MethodSelection]]]
+    all: dict[str, dict[str, MethodSelection]]
+    leep_vs: dict[str, dict[str, PairedTest]]
+    n_rows: int
+    at_chance: dict[str, int]
+    incomplete_tasks: int
+
+
+def _method_value(row: Rq4Row, method: str, zoo: Mapping[str, Any]) -> float:
+    if method == "knn_accuracy":
+        return math.nan if row.knn_accuracy is None else float(row.knn_accuracy)
+    if method in SELECTION_BASELINES:
+        value = (zoo.get(row.model) or {}).get(method)
+        return math.nan if value is None else float(value)
+    return score_of(row, method)
+
+
+def _task_selection(
+    scores: np.ndarray, accuracy: np.ndarray, models: Sequence[str]
+) -> TaskSelection | None:
+    if not np.isfinite(scores).all():
+        return None
+    _, kendall, weighted = rank_agreement(scores, accuracy)
+    # Tied top scores (a per-model baseline such as the parameter count can tie): the
+    # pick is random among them, so top-1 and accuracy are their expectations.
+    top = np.flatnonzero(scores == scores.max())
+    best = float(accuracy.max())
+    picked = float(accuracy[top].mean())
+    return TaskSelection(
+        weighted_tau=weighted,
+        kendall_tau=kendall,
+        picked=models[int(top[0])],
+        tied=int(top.size),
+        top1=float(np.mean(accuracy[top] >= best)),
+        relative_accuracy=picked / best if best > 0 else None,
+        regret=best - picked,
+    )
+
+
+def _aggregate(entries: Sequence[TaskSelection | None], seed: int) -> MethodSelection:
+    done = [e for e in entries if e is not None]
+    taus = [e.weighted_tau for e in done if e.weighted_tau is not None]
+    relative = [e.relative_accuracy for e in done if e.relative_accuracy is not None]
+    return MethodSelection(
+        n_tasks=len(done),
+        weighted_tau=bootstrap_mean(taus, seed=seed),
+        top1=bootstrap_mean([e.top1 for e in done], seed=seed),
+        relative_accuracy=bootstrap_mean(relative, seed=seed),
+        regret=bootstrap_mean([e.regret for e in done], seed=seed),
+    )
+
+
+def wilcoxon_method(differences: np.ndarray) -> str:
+    """``"exact"`` without zero or tied differences, else ``"asymptotic"``.
+
+    scipy's default turns to a permutation test when there are ties and at most 13
+    values (taus of a small zoo tie often): seconds per call on a shared CPU, too slow
+    to recompute after every row. The normal approximation (with continuity
+    correction) stands in there.
+    """
+    magnitudes = np.abs(differences[differences != 0])
+    tied = np.unique(magnitudes).size < magnitudes.size
+    return "asymptotic" if tied or magnitudes.size < differences.size else "exact"
+
+
+def _paired(leep: Sequence[TaskSelection | None], other: Sequence[TaskSelection | None], seed):
+    both = [
+        (a.weighted_tau, b.weighted_tau)
+        for a, b in zip(leep, other, strict=True)
+        if a is not None and b is not None and None not in (a.weighted_tau, b.weighted_tau)
+    ]
+    differences = np.asarray([a - b for a, b in both], np.float64)
+    statistic = p = None
+    if np.any(differences != 0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # few tasks: scipy warns about its normal approx.
+            test = scipy.stats.wilcoxon(differences, method=wilcoxon_method(differences))
+        statistic, p = finite_or_none(test.statistic), finite_or_none(test.pvalue)
+    return PairedTest(len(both), bootstrap_mean(differences, seed=seed), statistic, p)
+
+
+def selection(rows: Sequence[Rq4Row], zoo: Mapping[str, Any] | None = None, *, seed: int = 0):
+    """RQ4: how well each method ranks the zoo's models, per target task and overall.
 
     Only tasks for which every model of the zoo has a row are used (a partial run
-    leaves the last task incomplete).
+    leaves tasks incomplete; they are counted). A method ranks a task only when every
+    model has its value (a score may be undefined).
+
+    Args:
+      rows: the RQ4 rows.
+      zoo: ``Results.zoo``: per model, ``source_test_accuracy`` and ``num_params``
+        (the per-model baselines; missing values leave those baselines undefined).
+      seed: the bootstrap's seed.
 
     Returns:
-      ``{"models": [...], "per_task": [...], "targets": {target: agg}, "all": agg}``
-      where ``agg[metric][method]`` holds the means over tasks of Kendall's tau and
-      weighted tau, ``top1_rate`` (share of tasks where the score's top model reaches
-      the best accuracy), ``mean_regret`` (best accuracy minus the picked model's) and
-      ``n_tasks``.
+      `Selection`.
     """
+    zoo = zoo or {}
     models = sorted({r.model for r in rows})
     tasks: dict[tuple[str, int], dict[str, Rq4Row]] = {}
     for r in rows:
         tasks.setdefault((r.target, r.task_index), {})[r.model] = r
-    per_task = []
-    for (target, index), by_model in sorted(tasks.items()):
-        if len(by_model) < len(models) or len(models) < 2:
-            continue
-        entry: dict[str, Any] = {"target": target, "task_index": index, "models": models}
-        for metric in EXPERIMENT_SCORES:
-            scores = np.asarray([score_of(by_model[m], metric) for m in models])
-            entry[metric] = {
-                method: _rank_agreement(
-                    scores, np.asarray([by_model[m].accuracy[method] for m in models])
+    complete = {
+        key: by_model
+        for key, by_model in sorted(tasks.items())
+        if len(by_model) == len(models) >= 2
+    }
+    per_task, picks = [], []  # picks[i][method][truth]: TaskSelection or None
+    for (target, index), by_model in complete.items():
+        ordered = [by_model[m] for m in models]
+        accuracy = {
+            t: np.asarray([float(r.accuracy[t]) for r in ordered]) for t in SELECTION_METHODS
+        }
+        chosen = {
+            method: {
+                truth: _task_selection(
+                    np.asarray([_method_value(r, method, zoo) for r in ordered]),
+                    accuracy[truth],
+                    models,
                 )
-                for method in SELECTION_METHODS
+                for truth in SELECTION_METHODS
             }
-            for method in SELECTION_METHODS:
-                entry[metric][method]["picked"] = models[entry[metric][method]["picked"]]
-        per_task.append(entry)
+            for method in SELECTION_SCORES
+        }
+        picks.append(chosen)
+        per_task.append(
+            {
+                "target": target,
+                "task_index": index,
+                "num_classes": ordered[0].num_classes,
+                "accuracy": {
+                    t: dict(zip(models, a.tolist(), strict=True)) for t, a in accuracy.items()
+                },
+                "methods": {
+                    m: {t: s for t, s in by_truth.items() if s is not None}
+                    for m, by_truth in chosen.items()
+                },
+            }
+        )
 
-    def aggregate(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    def aggregate(indices: Sequence[int]) -> dict[str, dict[str, MethodSelection]]:
         return {
-            metric: {
-                method: {
-                    "kendall_tau_mean": mean_or_none(
-                        [e[metric][method]["kendall_tau"] for e in entries]
-                    ),
-                    "weighted_tau_mean": mean_or_none(
-                        [e[metric][method]["weighted_tau"] for e in entries]
-                    ),
-                    "top1_rate": mean_or_none([float(e[metric][method]["top1"]) for e in entries]),
-                    "mean_regret": mean_or_none([e[metric][method]["regret"] for e in entries]),
-                    "n_tasks": len(entries),
-                }
-                for method in SELECTION_METHODS
-            }
-            for metric in EXPERIMENT_SCORES
+            m: {t: _aggregate([picks[i][m][t] for i in indices], seed) for t in SELECTION_METHODS}
+            for m in SELECTION_SCORES
         }
 
     targets = sorted({e["target"] for e in per_task})
-    return {
-        "models": models,
-        "per_task": per_task,
-        "targets": {t: aggregate([e for e in per_task if e["target"] == t]) for t in targets},
-        "all": aggregate(per_task),
-    }
-
-
-def within_class_count(
-    tasks: Sequence[TaskRow], pairs: Sequence[str], regimes: Sequence[str]
-) -> dict[str, Any]:
-    """Pearson r within groups of tasks with the same class count, averaged.
-
-    The class count moves every score and every accuracy (H-score grows with it,
-    accuracy falls), so a pooled correlation mixes "more classes" with "better
-    features". Within one class count only the latter is left.
-
-    Returns:
-      ``out[pair][regime][metric][outcome] = {"mean_r", "groups", "n_tasks"}`` over the
-      class counts with at least 3 tasks and a defined r (``mean_r`` None if none), for
-      the outcomes ``"retrain_head"`` and ``"fine_tune"`` (accuracies) and ``"gain"``
-      (fine-tuned minus from-scratch accuracy, RQ2), when the rows have them.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        out[pair] = {}
-        for regime in regimes:
-            rows = rows_by(tasks, pair, regime)
-            groups: dict[int, list[TaskRow]] = {}
-            for r in rows:
-                groups.setdefault(r.num_classes, []).append(r)
-            outcomes = {m: lambda r, m=m: r.accuracy[m] for m in CORRELATED_METHODS}
-            if all(SCRATCH in r.accuracy for r in rows):
-                outcomes["gain"] = lambda r: r.accuracy["fine_tune"] - r.accuracy[SCRATCH]
-            entry: dict[str, Any] = {}
-            for metric in EXPERIMENT_SCORES:
-                entry[metric] = {}
-                for outcome, value in outcomes.items():
-                    stats = [
-                        correlation([score_of(r, metric) for r in group], [value(r) for r in group])
-                        for group in groups.values()
-                        if len(group) >= 3
-                    ]
-                    stats = [s for s in stats if s["pearson_r"] is not None]
-                    entry[metric][outcome] = {
-                        "mean_r": mean_or_none([s["pearson_r"] for s in stats]),
-                        "groups": len(stats),
-                        "n_tasks": sum(s["n_tasks"] for s in stats),
-                    }
-            out[pair][regime] = entry
-    return out
+    everything = list(range(len(per_task)))
+    return Selection(
+        models=models,
+        methods=list(SELECTION_SCORES),
+        per_task=per_task,
+        targets={
+            t: aggregate([i for i in everything if per_task[i]["target"] == t]) for t in targets
+        },
+        all=aggregate(everything),
+        leep_vs={
+            truth: {
+                m: _paired([p["leep"][truth] for p in picks], [p[m][truth] for p in picks], seed)
+                for m in SELECTION_SCORES
+                if m != "leep"
+            }
+            for truth in SELECTION_METHODS
+        },
+        n_rows=len(rows),
+        at_chance={m: sum(bool(r.at_chance.get(m)) for r in rows) for m in SELECTION_METHODS},
+        incomplete_tasks=len(tasks) - len(complete),
+    )

@@ -1,309 +1,331 @@
-"""The markdown tables and lists of the report, one function per section.
+"""The markdown tables of the report, one function per table.
 
-Each returns the section's lines; `leep_jax.experiments.report.write_report` puts them
-together. Numbers come from the stored summaries (`Results.summary`, ``rq2``,
-``rq4_summary``) and the rows.
+Each returns the table's lines (or a one-line note when there is nothing to show);
+`leep_jax.experiments.report.write_report` puts them together. They read the typed
+statistics of `leep_jax.experiments.statistics` (computed from the rows of
+results.json), never the stored JSON summaries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from leep_jax.experiments.labels import SCORE_LABELS
+from leep_jax.experiments.labels import LABELS, SHORT_METHOD_LABELS
 from leep_jax.experiments.results import Results
 from leep_jax.experiments.statistics import (
-    CORRELATED_METHODS,
-    EXPERIMENT_SCORES,
+    CLASS_COUNT,
+    CORRELATED_SCORES,
+    PAPER_SCORES,
+    SELECTION_SCORES,
+    Correlation,
+    Estimate,
+    RegimeSummary,
+    Selection,
     rows_by,
     score_of,
-    within_class_count,
 )
+from leep_jax.scores.names import SCORE_NAMES
 from leep_jax.transfer.methods import METHODS
 
 __all__ = [
     "accuracy_table",
-    "at_a_glance",
-    "convergence_table",
+    "at_chance_table",
+    "class_count_note",
+    "convergence_tables",
     "correlation_table",
+    "estimate_text",
+    "lr_selection_lines",
     "num_text",
     "r_text",
-    "selection_section",
+    "selection_table",
+    "selection_targets_table",
     "within_table",
+    "zoo_table",
 ]
 
-
-def r_text(stats: Mapping[str, Any] | None) -> str:
-    if not stats or stats.get("pearson_r") is None:
-        return "n/a"
-    text = f"{stats['pearson_r']:+.2f}"
-    p = stats.get("p_value")
-    return text if p is not None and p < 0.05 else text + "†"
+Summary = Mapping[str, Mapping[str, RegimeSummary]]
 
 
 def num_text(value: Any, fmt: str = ".2f") -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
-def _best_metrics(by_metric: Mapping[str, Any], method: str) -> set[str]:
-    """The metrics with the highest defined Pearson r for one method (ties: all)."""
-    values = {m: by_metric[m][method]["pearson_r"] for m in EXPERIMENT_SCORES}
-    defined = {m: v for m, v in values.items() if v is not None}
-    return {m for m, v in defined.items() if v == max(defined.values())} if defined else set()
+def r_text(r: float | None, p: float | None) -> str:
+    """``+0.85``, with † when p >= 0.05 (or undefined); ``n/a`` when r is undefined."""
+    if r is None:
+        return "n/a"
+    return f"{r:+.2f}" + ("" if p is not None and p < 0.05 else "†")
 
 
-def _wins(summary: Mapping[str, Any]) -> tuple[dict[str, int], int]:
-    """How often each metric has the highest r over the (pair, regime, method) cells."""
-    wins = dict.fromkeys(EXPERIMENT_SCORES, 0)
-    cells = 0
-    for regimes in summary.values():
-        for by_metric in regimes.values():
-            for method in CORRELATED_METHODS:
-                best = _best_metrics(by_metric, method)
-                cells += bool(best)
-                for m in best:
-                    wins[m] += 1
-    return wins, cells
+def estimate_text(estimate: Estimate, fmt: str = ".2f") -> str:
+    """``0.56 [0.41, 0.70]``: a mean and its bootstrap 95 % interval."""
+    if estimate.mean is None:
+        return "n/a"
+    return f"{estimate.mean:{fmt}} [{num_text(estimate.low, fmt)}, {num_text(estimate.high, fmt)}]"
 
 
-def correlation_table(results: Results) -> list[str]:
-    summary = results.summary
-    header = ["pair", "regime", "tasks"] + [
-        f"{SCORE_LABELS[m]} ({'head' if method == 'retrain_head' else 'ft'})"
-        for method in CORRELATED_METHODS
-        for m in EXPERIMENT_SCORES
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
+def _cells(summary: Summary):
+    """``(pair, regime, RegimeSummary)`` of the pairs and regimes with tasks."""
     for pair, regimes in summary.items():
-        for regime, by_metric in regimes.items():
-            n = by_metric["leep"]["fine_tune"]["n_tasks"]
-            row = [f"`{pair}`", regime, str(n)]
-            for method in CORRELATED_METHODS:
-                best = _best_metrics(by_metric, method)
-                for m in EXPERIMENT_SCORES:
-                    text = r_text(by_metric[m][method])
-                    row.append(f"**{text}**" if m in best else text)
-            lines.append("| " + " | ".join(row) + " |")
-    lines.append("")
-    lines.append(
-        "Pearson r between each score (computed on the target training set) and the test "
-        "accuracy reached by re-training the head (head) or fine-tuning (ft); the highest "
-        "r of each row and method in bold; † marks p >= 0.05 (two-sided, "
-        "`scipy.stats.pearsonr`)."
-    )
-    wins, cells = _wins(summary)
-    if cells:
-        lines.append("")
-        lines.append(
-            f"Across the {cells} (pair, regime, method) cells of this run, the highest "
-            f"correlation was reached by LEEP in {wins['leep']}, NCE in {wins['nce']} and "
-            f"H-score in {wins['h_score']} (ties counted for each)."
-        )
-    return lines
+        for regime, entry in regimes.items():
+            if entry.n_tasks:
+                yield pair, regime, entry
 
 
-def at_a_glance(results: Results) -> list[str]:
-    """One line per research question, each number taken from the tables below."""
-    summary = results.summary
+def _tasks_text(entry: RegimeSummary) -> str:
+    if entry.duplicate_rows:
+        return f"{entry.n_tasks} ({entry.n_rows} rows)"
+    return str(entry.n_tasks)
 
-    def head_ft(stats: Mapping[str, Any]) -> str:
-        return f"{r_text(stats['retrain_head'])} / {r_text(stats['fine_tune'])}"
 
-    lines = []
-    for pair, regimes in summary.items():
-        large = regimes.get("large_balanced")
-        if large and large["leep"]["fine_tune"]["n_tasks"]:
-            lines.append(
-                f"- RQ1, `{pair}`, {large['leep']['fine_tune']['n_tasks']} large balanced "
-                "tasks: Pearson r with the accuracy of head re-training / fine-tuning: "
-                + ", ".join(f"{SCORE_LABELS[m]} {head_ft(large[m])}" for m in EXPERIMENT_SCORES)
-                + "."
-            )
-    for pair, regimes in summary.items():
-        small = [
-            f"{regime} {head_ft(by_metric['leep'])} ({by_metric['leep']['fine_tune']['n_tasks']})"
-            for regime, by_metric in regimes.items()
-            if regime != "large_balanced" and by_metric["leep"]["fine_tune"]["n_tasks"]
+def correlation_table(
+    summary: Summary, method: str, *, partial: bool, scores: Sequence[str] = CORRELATED_SCORES
+) -> list[str]:
+    """Per pair and regime, each score's r (or partial r) with one method's accuracy.
+
+    The highest value among the scores (baselines excluded) is bold; † marks p >= 0.05.
+    """
+
+    def value(c: Correlation) -> tuple[float | None, float | None]:
+        return (c.partial_r, c.partial_p) if partial else (c.pearson_r, c.p_value)
+
+    rows = []
+    for pair, regime, entry in _cells(summary):
+        by_score = {s: value(entry.correlations[s][method]) for s in scores}
+        defined = [
+            by_score[s][0] for s in scores if s in SCORE_NAMES and by_score[s][0] is not None
         ]
-        if small:
-            lines.append(
-                f"- RQ3, `{pair}`: r of LEEP with head / fine-tuned accuracy (tasks): "
-                + "; ".join(small)
-                + "."
-            )
-    wins, cells = _wins(summary)
-    if cells:
-        lines.append(
-            f"- Best of the three: LEEP has the highest r in {wins['leep']}, NCE in "
-            f"{wins['nce']}, H-score in {wins['h_score']} of {cells} (pair, regime, method) "
-            "cells (ties counted for each)."
+        best = max(defined) if defined else None
+        row = [f"`{pair}`", regime, _tasks_text(entry)]
+        for s in scores:
+            text = r_text(*by_score[s])
+            row.append(f"**{text}**" if best is not None and by_score[s][0] == best else text)
+        rows.append(row)
+    if not rows:
+        return ["No tasks yet."]
+    return _table(["pair", "regime", "tasks", *(LABELS[s] for s in scores)], rows)
+
+
+def within_table(summary: Summary, outcome: str) -> list[str]:
+    """Per pair and regime, each score's pooled within-class-count r with an outcome."""
+    rows = []
+    for pair, regime, entry in _cells(summary):
+        pooled = {s: entry.within_class_count[s].get(outcome) for s in SCORE_NAMES}
+        first = next((p for p in pooled.values() if p is not None and p.groups), None)
+        if first is None:
+            continue
+        row = [f"`{pair}`", regime, f"{first.groups} ({first.n_tasks})"]
+        row += [r_text(p.r, p.p_value) if p is not None else "n/a" for p in pooled.values()]
+        rows.append(row)
+    if not rows:
+        return ["Too few tasks per class count for this view."]
+    return _table(
+        ["pair", "regime", "class counts (tasks)", *(LABELS[s] for s in SCORE_NAMES)], rows
+    )
+
+
+def at_chance_table(summary: Summary, selection: Selection) -> list[str]:
+    """Rows whose accuracy is at chance, per pair, regime and method (and RQ4)."""
+    rows = [
+        [f"`{pair}`", regime, str(entry.n_rows), *(str(entry.at_chance[m]) for m in METHODS)]
+        for pair, regime, entry in _cells(summary)
+    ]
+    if selection.n_rows:
+        rows.append(
+            ["RQ4", "all targets", str(selection.n_rows)]
+            + [str(selection.at_chance[m]) if m in selection.at_chance else "–" for m in METHODS]
         )
-    for pair, regimes in results.rq2.items():
-        entry = regimes.get("large_balanced", {})
-        epochs = entry.get("epochs", 0)
-        if epochs:
-            tuned, gain = entry["fine_tune"]["leep"], entry["gain"]["leep"]
-            lines.append(
-                f"- RQ2, `{pair}`, large balanced: r(LEEP, fine-tuned accuracy) "
-                f"{r_text(tuned[0])} after epoch 1, {r_text(tuned[-1])} after epoch {epochs}; "
-                f"r(LEEP, fine-tuning's gain over training from scratch) {r_text(gain[0])} "
-                f"after epoch 1, {r_text(gain[-1])} after epoch {epochs}."
-            )
-    rq4 = results.rq4_summary
-    if rq4 and rq4.get("per_task"):
-        agg = rq4["all"]
-        ft = {m: agg[m]["fine_tune"] for m in EXPERIMENT_SCORES}
-        lines.append(
-            f"- RQ4, {ft['leep']['n_tasks']} target tasks x {len(rq4['models'])} source "
-            "models: mean weighted tau with fine-tuned accuracy "
-            + ", ".join(
-                f"{SCORE_LABELS[m]} {num_text(ft[m]['weighted_tau_mean'])}"
-                for m in EXPERIMENT_SCORES
-            )
-            + "; the score's top model was the best in "
-            + ", ".join(
-                f"{num_text(ft[m]['top1_rate'])} ({SCORE_LABELS[m]})" for m in EXPERIMENT_SCORES
-            )
-            + " of the tasks."
-        )
-    if lines:
-        lines.append("")
-        lines.append("† marks p >= 0.05. Details, and what differs from the paper, below.")
-    return lines
+    if not rows:
+        return ["No rows yet."]
+    return _table(
+        ["pair", "regime", "rows", *(SHORT_METHOD_LABELS.get(m, m) for m in METHODS)], rows
+    )
 
 
 def accuracy_table(results: Results) -> list[str]:
-    lines = [
-        "| pair | regime | tasks | classes | train examples | mean LEEP | re-train head | "
-        "fine-tune | scratch |",
-        "|" + "---|" * 9,
-    ]
+    """What the tasks look like, and the mean accuracy each method reached."""
+    rows = []
     config = results.config
     for pair in config["pairs"]:
         for regime in config["tasks_per_regime"]:
-            rows = rows_by(results.tasks, pair, regime)
-            if not rows:
+            group = rows_by(results.tasks, pair, regime)
+            if not group:
                 continue
-
-            def mean(values):
-                return float(np.mean(values))
-
-            classes = [r.num_classes for r in rows]
-            sizes = [r.n_train for r in rows]
-            lines.append(
-                f"| `{pair}` | {regime} | {len(rows)} | {min(classes)}-{max(classes)} | "
-                f"{min(sizes)}-{max(sizes)} | {mean([score_of(r, 'leep') for r in rows]):.3f} | "
-                + " | ".join(f"{mean([r.accuracy[m] for r in rows]):.3f}" for m in METHODS)
-                + " |"
+            classes = [r.num_classes for r in group]
+            sizes = [r.n_train for r in group]
+            leep = [score_of(r, "leep") for r in group]
+            leep = [v for v in leep if np.isfinite(v)]
+            rows.append(
+                [
+                    f"`{pair}`",
+                    regime,
+                    str(len(group)),
+                    f"{min(classes)}-{max(classes)}",
+                    f"{min(sizes)}-{max(sizes)}",
+                    num_text(float(np.mean(leep)) if leep else None, ".3f"),
+                    *(
+                        num_text(float(np.mean([r.accuracy[m] for r in group])), ".3f")
+                        if all(m in r.accuracy for r in group)
+                        else "n/a"
+                        for m in METHODS
+                    ),
+                ]
             )
-    lines += ["", "Means over the tasks of each row (test accuracy after the last epoch)."]
-    return lines
-
-
-def within_table(results: Results) -> list[str]:
-    config = results.config
-    within = within_class_count(results.tasks, config["pairs"], config["tasks_per_regime"])
-    outcomes = {"retrain_head": "head", "fine_tune": "ft", "gain": "ft − scratch"}
-    header = ["pair", "regime", "groups (tasks)"] + [
-        f"{SCORE_LABELS[m]} ({label})" for label in outcomes.values() for m in EXPERIMENT_SCORES
+    if not rows:
+        return ["No tasks yet."]
+    header = ["pair", "regime", "rows", "classes", "train examples", "mean LEEP"]
+    return [
+        *_table([*header, "re-train head", "fine-tune", "scratch"], rows),
+        "",
+        "Means over the rows (test accuracy after the last epoch).",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for pair, regimes in within.items():
-        for regime, entry in regimes.items():
-            first = entry["leep"]["fine_tune"]
-            if not first["groups"]:
-                continue
-            cells = [
-                num_text(entry[m][outcome]["mean_r"], "+.2f") if outcome in entry[m] else "n/a"
-                for outcome in outcomes
-                for m in EXPERIMENT_SCORES
-            ]
-            lines.append(
-                f"| `{pair}` | {regime} | {first['groups']} ({first['n_tasks']}) | "
-                + " | ".join(cells)
-                + " |"
-            )
-    if len(lines) == 2:
-        return ["Too few tasks per class count for this analysis."]
-    return lines
 
 
-def convergence_table(results: Results) -> list[str]:
+def convergence_tables(rq2: Mapping[str, Any]) -> list[str]:
+    """Per pair and regime: r (partial r) of the paper's scores after each epoch."""
+
+    def cell(c: Correlation) -> str:
+        return f"{r_text(c.pearson_r, c.p_value)} ({r_text(c.partial_r, c.partial_p)})"
+
     lines = []
-    for pair, regimes in results.rq2.items():
+    for pair, regimes in rq2.items():
         for regime, entry in regimes.items():
             epochs = entry.get("epochs", 0)
             if not epochs:
                 continue
-            head = ["", *[f"epoch {e}" for e in range(1, epochs + 1)]]
-            lines.append(
-                f"**`{pair}`, {regime}** (about {entry['steps_per_epoch_mean']:.1f} steps per "
-                "epoch)"
+            steps = entry["steps_per_epoch_mean"]
+            lines += [
+                f"**`{pair}`, {regime}**"
+                + (f" (about {steps:.1f} steps per epoch)" if steps is not None else ""),
+                "",
+            ]
+            rows = [
+                [f"r({LABELS[s]}, fine-tuned acc)", *map(cell, entry["fine_tune"][s])]
+                for s in PAPER_SCORES
+            ]
+            rows += [
+                [f"r({LABELS[s]}, ft − scratch)", *map(cell, entry["gain"][s])]
+                for s in PAPER_SCORES
+            ]
+            for method in ("fine_tune", "scratch"):
+                curve = entry["mean_curves"][method]
+                rows.append([f"mean acc, {method.replace('_', '-')}", *(f"{v:.3f}" for v in curve)])
+            lines += _table(["", *(f"epoch {e}" for e in range(1, epochs + 1))], rows)
+            lines.append("")
+    return lines or ["No tasks with training curves yet."]
+
+
+def selection_table(selection: Selection, truth: str) -> list[str]:
+    """Every RQ4 method over all tasks: weighted tau, top-1, picked/best, LEEP paired."""
+    rows = []
+    for method in SELECTION_SCORES:
+        agg = selection.all[method][truth]
+        if method == "leep":
+            paired = "–"
+        else:
+            test = selection.leep_vs[truth][method]
+            paired = (
+                f"{estimate_text(test.difference, '+.2f')}, p {num_text(test.wilcoxon_p, '.3f')}"
+                if test.n_tasks
+                else "n/a"
             )
-            lines.append("")
-            lines.append("| " + " | ".join(head) + " |")
-            lines.append("|" + "---|" * len(head))
-            for metric in EXPERIMENT_SCORES:
-                values = [r_text(s) for s in entry["fine_tune"][metric]]
-                lines.append(
-                    f"| r({SCORE_LABELS[metric]}, fine-tuned acc) | " + " | ".join(values) + " |"
-                )
-            for metric in EXPERIMENT_SCORES:
-                values = [r_text(s) for s in entry["gain"][metric]]
-                lines.append(
-                    f"| r({SCORE_LABELS[metric]}, ft − scratch) | " + " | ".join(values) + " |"
-                )
-            tuned = " / ".join(f"{v:.3f}" for v in entry["mean_curves"]["fine_tune"])
-            scratch = " / ".join(f"{v:.3f}" for v in entry["mean_curves"]["scratch"])
-            lines.append(f"| mean acc, fine-tune | {tuned.replace(' / ', ' | ')} |")
-            lines.append(f"| mean acc, scratch | {scratch.replace(' / ', ' | ')} |")
-            lines.append("")
-    return lines
-
-
-def selection_section(results: Results) -> list[str]:
-    rq4 = results.rq4_summary
-    if not rq4 or not rq4.get("per_task"):
-        return ["No RQ4 results (no zoo configured, or not reached yet)."]
-    lines = [
-        "Zoo:",
-        "",
-        "| model | architecture | source classes | train examples | epochs | source test acc |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, info in results.zoo.items():
-        spec = info["spec"]
-        lines.append(
-            f"| {name} | {spec['architecture']} {spec['model_kwargs'] or ''} | "
-            f"{','.join(map(str, spec['classes']))} | {info.get('source_train_examples', 'n/a')}"
-            f" | {spec['epochs']} | {num_text(info.get('source_test_accuracy'), '.3f')} |"
+        rows.append(
+            [
+                LABELS[method],
+                estimate_text(agg.weighted_tau),
+                estimate_text(agg.top1),
+                estimate_text(agg.relative_accuracy, ".3f"),
+                paired,
+                str(agg.n_tasks),
+            ]
         )
-    lines += [
-        "",
-        "| target | score | Kendall tau (ft) | weighted tau (ft) | top-1 (ft) | "
-        "regret (ft) | Kendall tau (head) | weighted tau (head) | top-1 (head) | tasks |",
-        "|" + "---|" * 10,
+    header = [
+        "method",
+        "mean weighted tau [95 % CI]",
+        "top-1 rate [95 % CI]",
+        "picked / best acc. [95 % CI]",
+        "LEEP − method, tau [95 % CI], Wilcoxon p",
+        "tasks",
     ]
-    groups = dict(rq4["targets"])
-    groups["all"] = rq4["all"]
-    for target, agg in groups.items():
-        for metric in EXPERIMENT_SCORES:
-            ft, head = agg[metric]["fine_tune"], agg[metric]["retrain_head"]
-            lines.append(
-                f"| `{target}` | {SCORE_LABELS[metric]} | {num_text(ft['kendall_tau_mean'])} | "
-                f"{num_text(ft['weighted_tau_mean'])} | {num_text(ft['top1_rate'])} | "
-                f"{num_text(ft['mean_regret'], '.3f')} | {num_text(head['kendall_tau_mean'])} | "
-                f"{num_text(head['weighted_tau_mean'])} | {num_text(head['top1_rate'])} | "
-                f"{ft['n_tasks']} |"
-            )
-    lines += [
-        "",
-        "Per target task, the zoo's models are ordered by each score and by the accuracy "
-        "actually reached; Kendall's tau (`scipy.stats.kendalltau`) and weighted tau "
-        "(`scipy.stats.weightedtau`, defaults) are averaged over tasks; top-1 is the share "
-        "of tasks where the score's top model reaches the best accuracy; regret is the "
-        "mean accuracy lost by taking it.",
+    return _table(header, rows)
+
+
+def selection_targets_table(selection: Selection, truth: str) -> list[str]:
+    """Mean weighted tau and top-1 rate of each method per target pool."""
+    if not selection.targets:
+        return []
+    header = ["method"]
+    for target in selection.targets:
+        header += [f"`{target}` tau", f"`{target}` top-1"]
+    rows = []
+    for method in SELECTION_SCORES:
+        row = [LABELS[method]]
+        for by_method in selection.targets.values():
+            agg = by_method[method][truth]
+            row += [num_text(agg.weighted_tau.mean), num_text(agg.top1.mean)]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def zoo_table(results: Results) -> list[str]:
+    """The zoo's models: architecture, source classes, size and source accuracy."""
+    rows = []
+    for name, info in results.zoo.items():
+        spec = info.get("spec", {})
+        classes = spec.get("classes")
+        rows.append(
+            [
+                name,
+                f"{spec.get('architecture', 'n/a')} {spec.get('model_kwargs') or ''}".strip(),
+                f"{spec.get('dataset', '')} " + (",".join(map(str, classes)) if classes else "all"),
+                str(info.get("source_train_examples", spec.get("train_examples", "n/a"))),
+                str(spec.get("epochs", "n/a")),
+                num_text(info.get("num_params"), ","),
+                num_text(info.get("source_test_accuracy"), ".3f"),
+            ]
+        )
+    if not rows:
+        return ["No zoo models trained yet."]
+    header = ["model", "architecture", "source classes", "train examples", "epochs"]
+    return _table([*header, "parameters", "source test acc"], rows)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_describe(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def lr_selection_lines(lr_selection: Mapping[str, Any]) -> list[str]:
+    """One line per pair (and RQ4): the learning rates tried and the one chosen."""
+    if not lr_selection:
+        return ["No learning-rate selection recorded in results.json."]
+    return [f"- `{key}`: {_describe(value)}" for key, value in lr_selection.items()]
+
+
+def class_count_note(summary: Summary, method: str) -> list[str]:
+    """What the class count alone reaches, per pair and regime (the baseline's raw r)."""
+    cells = [
+        f"`{pair}` {regime} "
+        + r_text(
+            entry.correlations[CLASS_COUNT][method].pearson_r,
+            entry.correlations[CLASS_COUNT][method].p_value,
+        )
+        for pair, regime, entry in _cells(summary)
     ]
-    return lines
+    return [", ".join(cells)] if cells else []
