@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from leep_jax.data import BUILTIN_DATASETS, dataset_num_classes
 
-__all__ = ["DatasetSlice", "Pair", "parse_pair", "parse_slice"]
+__all__ = ["DatasetSlice", "Pair", "format_classes", "parse_pair", "parse_slice"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class DatasetSlice:
     def __str__(self) -> str:
         if self.classes is None:
             return self.dataset
-        return f"{self.dataset}[{_format_classes(self.classes)}]"
+        return f"{self.dataset}[{format_classes(self.classes)}]"
 
     def class_ids(self) -> tuple[int, ...]:
         """The class ids (all of the dataset's when ``classes`` is None)."""
@@ -53,7 +53,7 @@ class Pair:
         return f"{self.source}->{self.target}"
 
 
-def _format_classes(classes: Sequence[int]) -> str:
+def format_classes(classes: Sequence[int]) -> str:
     """``(0, 1, 2, 4)`` -> ``"0-2,4"`` (runs of consecutive ids become ranges)."""
     parts, start = [], None
     for i, c in enumerate(classes):

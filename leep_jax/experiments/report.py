@@ -18,6 +18,7 @@ import numpy as np
 from leep_jax.experiments import tables
 from leep_jax.experiments.figures import write_figures
 from leep_jax.experiments.labels import LABELS, METHOD_LABELS
+from leep_jax.experiments.pairs import format_classes
 from leep_jax.experiments.results import Results
 from leep_jax.experiments.statistics import (
     CORRELATED_METHODS,
@@ -81,8 +82,8 @@ def _setup_section(results: Results) -> list[str]:
         f"{config.get('protocol_version', 'n/a')}, source architecture "
         f"`{config.get('architecture')}`" + (f" {kwargs}" if kwargs else "") + ".",
         "",
-        "| pair | source classes | source train examples | epochs | source test acc | "
-        "target pool (train/test) |",
+        "| pair | source classes | source train examples | epochs | source test acc "
+        "(after each epoch) | target pool (train/test) |",
         "|---|---|---|---|---|---|",
     ]
     for pair in config.get("pairs", ()):
@@ -90,34 +91,46 @@ def _setup_section(results: Results) -> list[str]:
         spec = (config.get("sources") or {}).get(pair) or info.get("spec") or {}
         pool = info.get("pool_forward", {})
         classes = spec.get("classes")
+        curve = info.get("source_test_accuracy_curve") or []
         lines.append(
-            f"| `{pair}` | {','.join(map(str, classes)) if classes else 'n/a'} | "
+            f"| `{pair}` | {format_classes(classes) if classes else 'n/a'} | "
             f"{info.get('source_train_examples', 'n/a')} | {spec.get('epochs', 'n/a')} | "
-            f"{num_text(info.get('source_test_accuracy'), '.3f')} | "
+            f"{num_text(info.get('source_test_accuracy'), '.3f')}"
+            + (f" ({', '.join(num_text(a, '.3f') for a in curve)})" if curve else "")
+            + " | "
             f"{pool.get('num_train', 'n/a')}/{pool.get('num_test', 'n/a')} |"
         )
     counts = ", ".join(f"{r}: {n}" for r, n in config.get("tasks_per_regime", {}).items())
-    epochs = ", ".join(f"{r}: {e}" for r, e in (config.get("epochs") or {}).items())
     lines += [
         "",
         f"- Tasks per pair: {counts}; each draws 2..{config.get('max_classes') or 'all'} "
         "classes of the target pool.",
         f"- Target pool: at most {config.get('large_per_class')} training and "
-        f"{config.get('test_per_class')} test examples per class; large_balanced uses all "
+        f"{config.get('test_per_class') or 'all'} test examples per class; no two tasks "
+        "of one pair and regime share a class set; large_balanced uses all "
         f"pool examples of its classes, the small regimes at most "
         f"{config.get('small_per_class')} per class; small_imbalanced: largest/smallest "
         f"class = {config.get('imbalance_ratio')}; small_noisy: a share of "
         f"{config.get('noise_rate')} of the training labels flipped (test labels clean).",
-        f"- Fine-tuning and training from scratch: epochs {epochs}; batch "
-        f"{config.get('batch_size')}; head re-training: a new linear head on the frozen "
-        f"features, {config.get('head_epochs')} epochs. Learning rates: see below.",
-        f"- RQ4: {len(results.zoo) or len(config.get('zoo') or [])} zoo models, "
+        f"- Fine-tuning and training from scratch: {config.get('train_steps')} SGD steps on "
+        f"every task whatever its size (test accuracy every {config.get('eval_every')} "
+        f"steps), batch {config.get('batch_size')}; head re-training: a new linear head on "
+        f"the frozen features, {config.get('head_epochs')} epochs at learning rate "
+        f"{config.get('head_lr')}. A run is flagged at chance when a one-sided binomial "
+        "test cannot tell its test accuracy from always predicting the most frequent test "
+        f"class (level {config.get('chance_alpha')}).",
+        f"- RQ4: {len(results.zoo) or len(config.get('zoo') or [])} zoo models, up to "
         f"{config.get('rq4_tasks')} tasks of {config.get('rq4_num_classes')} classes per "
-        f"target, {config.get('rq4_epochs')} fine-tuning epochs.",
+        f"target ({', '.join(f'`{t}`' for t in config.get('rq4_targets') or ())}), "
+        f"{config.get('rq4_train_steps')} fine-tuning steps; k-NN baseline with "
+        f"k = {config.get('knn_neighbors')}.",
         "- Scores on the (possibly noisy) target training labels; accuracies on the clean "
         "target test examples.",
         "",
-        "Learning rates (chosen on validation tasks, `results.json` `lr_selection`):",
+        f"Learning rates, chosen once per pair (and for RQ4) by the mean accuracy on "
+        f"{config.get('validation_tasks')} validation tasks per pair or RQ4 target, built "
+        f"from the training split with a held-out share of {config.get('validation_fraction')}"
+        " of each class's examples (never from a test split; `results.json` `lr_selection`):",
         "",
         *tables.lr_selection_lines(results.lr_selection),
     ]
@@ -227,15 +240,15 @@ What differs from the paper, so the numbers are not comparable one to one:
   FashionMNIST source (10 classes x 4 rotations = 40 source classes, the large-label-space
   pair), grey-scale, instead of CIFAR10, CIFAR100 and ImageNet (those run through the same
   command with `--pair tfds:cifar10->tfds:cifar100` where TFDS data is available).
-- Source architectures: ResNet20 (and small CNNs in the zoo) trained here, briefly, on a
-  CPU; the paper's ImageNet ResNet18 source and its fully trained models are not
-  reproduced.
+- Source architectures: small CNNs (and ResNet20s in the zoo) trained here on a CPU,
+  for at most a few epochs; the paper's ImageNet ResNet18 source and its fully trained
+  models are not reproduced.
 - RQ4's zoo: models trained here on FashionMNIST class subsets, not the paper's
   ImageNet models; RQ4 tasks have a fixed number of classes (see Setup).
 - Target tasks have few classes (at most the target pool's) instead of up to 100, and
   capped pool sizes.
-- Training: a few epochs of fine-tuning and of training from scratch, learning rates
-  chosen on validation tasks (see Setup) rather than the paper's recipe.
+- Training: a fixed budget of SGD steps for fine-tuning and training from scratch
+  (see Setup), learning rates chosen on validation tasks rather than the paper's recipe.
 - The small/imbalanced/noisy regimes use this project's definitions (see Setup), not
   necessarily the paper's exact sizes.
 - Added beyond the paper: nine further scores of the library, class-count-controlled

@@ -272,6 +272,8 @@ def _pair_work(run: _Run, pair: Pair) -> Work:
 def _rq4_work(run: _Run) -> Work:
     """RQ4 rows: every zoo model scored and fine-tuned on every RQ4 task of each target."""
     config = run.config
+    if not config.zoo:
+        return
     counts = {t: rq4_task_count(run.pools[t].target, config) for t in config.rq4_targets}
     for spec in config.zoo:
         ids = [rq4_row_id(t, i, spec.name) for t, n in counts.items() for i in range(n)]

@@ -301,21 +301,27 @@ def zoo_table(results: Results) -> list[str]:
     return _table([*header, "parameters", "source test acc"], rows)
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "; ".join(f"{k}: {_describe(v)}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_describe(v) for v in value) + "]"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def lr_selection_lines(lr_selection: Mapping[str, Any]) -> list[str]:
-    """One line per pair (and RQ4): the learning rates tried and the one chosen."""
+    """A table per scope (pair, or RQ4) and method: each rate tried, its mean validation
+    accuracy, and the one chosen."""
     if not lr_selection:
         return ["No learning-rate selection recorded in results.json."]
-    return [f"- `{key}`: {_describe(value)}" for key, value in lr_selection.items()]
+    lines = ["| scope | method | learning rate: mean validation accuracy | chosen |"]
+    lines.append("|---|---|---|---|")
+    for scope, entries in lr_selection.items():
+        for method, entry in entries.items():
+            tried = ", ".join(
+                f"{lr:g}: {num_text(mean, '.3f')}"
+                for lr, mean in zip(
+                    entry["learning_rates"], entry["mean_validation_accuracy"], strict=True
+                )
+            )
+            chosen = entry.get("chosen")
+            lines.append(
+                f"| `{scope}` | {method} | {tried} | "
+                f"{'pending' if chosen is None else format(chosen, 'g')} |"
+            )
+    return lines
 
 
 def class_count_note(summary: Summary, method: str) -> list[str]:
