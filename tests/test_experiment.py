@@ -506,7 +506,14 @@ def test_interrupted_run_resumes_without_recomputing(run_b):
     everything = calls[0] + calls[1] + calls[2]
     assert len(everything) == len(set(everything)) == NUM_TASKS + NUM_RQ4
     assert final["complete"] is True
-    assert [s["new_tasks"] for s in final["sessions"]] == [4, 20, len(calls[2])]
+    # The first session also ran every validation run of the learning-rate search.
+    num_lr_runs = sum(
+        len(runs) for e in final["lr_selection"].values() for m in e.values()
+        for runs in m["validation_accuracy"]
+    )  # fmt: skip
+    assert num_lr_runs == 2 * 2 * 2 + 2 * 2  # pairs x methods x rates + RQ4 targets x rates
+    sessions = [s["new_tasks"] for s in final["sessions"]]
+    assert sessions == [4 + num_lr_runs, 20, len(calls[2])]
     sessions = {t["id"]: t["session"] for t in final["tasks"] + final["rq4"]["rows"]}
     assert all(sessions[i] == 0 for i in calls[0])
     assert all(sessions[i] == 1 for i in calls[1])

@@ -470,7 +470,6 @@ def test_runner_refresh_stores_json_summaries(tmp_path):
     config = ExperimentConfig(
         pairs=(PAIR, "fashion_mnist->digits"),
         tasks_per_regime={LARGE: 20, "small_noisy": 5},
-        epochs={LARGE: 2, "small_noisy": 2},
     )
     _refresh(results, config)
     write_json_atomic(tmp_path / "results.json", results.to_json())  # no NaN allowed

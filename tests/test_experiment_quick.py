@@ -58,11 +58,15 @@ def test_quick_run_is_complete(quick_run):
         assert row["pair"] in config.pairs and row["regime"] in REGIMES
         assert set(row["scores"]) == set(SCORE_NAMES)
         assert all(value is not None for value in row["scores"].values()), row["id"]
-        assert set(row["accuracy"]) == set(row["at_chance"]) == {
-            "retrain_head",
-            "fine_tune",
-            "scratch",
-        }
+        assert (
+            set(row["accuracy"])
+            == set(row["at_chance"])
+            == {
+                "retrain_head",
+                "fine_tune",
+                "scratch",
+            }
+        )
         assert all(0.0 <= a <= 1.0 for a in row["accuracy"].values())
         assert row["scores"]["leep"] <= 0.0 and row["scores"]["nce"] <= 0.0
         assert row["steps"]["fine_tune"] == row["steps"]["scratch"] == config.train_steps

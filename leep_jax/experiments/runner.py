@@ -502,17 +502,15 @@ def run_experiment(
                 work = itertools.islice(work, budget[0])
             for store, value in _computed(work, workers):
                 store(value)
-                if isinstance(value, TaskRow | Rq4Row):
-                    done.add(value.id)
-                    if on_task is not None:
-                        on_task(value)
-                else:
-                    done.update(_lr_done(results))
+                is_row = isinstance(value, TaskRow | Rq4Row)
+                done.update([value.id] if is_row else _lr_done(results))
                 session.new_tasks += 1
                 if budget[0] is not None:
                     budget[0] -= 1
                 save()
                 bar.update(1)
+                if is_row and on_task is not None:
+                    on_task(value)
             if budget[0] == 0 or any(
                 entry["chosen"] is None
                 for entries in results.lr_selection.values()

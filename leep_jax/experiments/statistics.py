@@ -639,7 +639,7 @@ def _task_selection(
 ) -> TaskSelection | None:
     if not np.isfinite(scores).all():
         return None
-    _, kendall, weighted = rank_agreement(scores, accuracy)
+    kendall, _, weighted = rank_agreement(scores, accuracy)
     # Tied top scores (a per-model baseline such as the parameter count can tie): the
     # pick is random among them, so top-1 and accuracy are their expectations.
     top = np.flatnonzero(scores == scores.max())
