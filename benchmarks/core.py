@@ -218,10 +218,42 @@ def _logits_of(probabilities):
     return jnp.log(jnp.maximum(widened, 1e-30)).astype(probabilities.dtype)
 
 
+# Whole-array passes over the logits that bound from below what the logits path adds to
+# the probability path: one row max, and for each sweep one exponential per element.
+@jax.jit
+def _row_max(logits):
+    return jnp.max(logits, axis=1).astype(jnp.float32)
+
+
+@jax.jit
+def _row_sum(logits, shift):
+    return jnp.sum(logits.astype(jnp.float32) - shift[:, None], axis=1)
+
+
+@jax.jit
+def _row_sum_of_exp(logits, shift):
+    return jnp.sum(jnp.exp(logits.astype(jnp.float32) - shift[:, None]), axis=1)
+
+
+def logits_floor(best: dict[str, float]) -> float:
+    """The least LEEP from logits can cost over LEEP from probabilities, as a ratio.
+
+    Both paths sum the joint and form the per-example term; logits add a row max and,
+    in each of the two sweeps, one exponential per element (sweep 2 needs the finished
+    joint, so keeping the softmax between the sweeps would mean writing an ``[n, Z]``
+    array). Each exponential pass costs ``row sum of exp(l - m)`` minus ``row sum of
+    (l - m)``, both fused whole-array reductions.
+    """
+    exp_pass = max(best["row sum of exp"] - best["row sum"], 0.0)
+    return (best["unvalidated"] + best["row max"] + 2 * exp_pass) / best["unvalidated"]
+
+
 def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: int):
     """Validated / unvalidated eager calls, and for LEEP logits / probabilities.
 
-    Every call is the public function called eagerly, as the README shows it.
+    Every call is the public function called eagerly, as the README shows it. For LEEP
+    also :func:`leep_jax.sharding.sharded_scores` (LEEP only, on the default mesh) from
+    logits and from probabilities, and the passes of :func:`logits_floor`.
     """
     fn = {"leep": leep_jax.leep, "nce": leep_jax.nce, "h_score": leep_jax.h_score}[score]
     calls = {
@@ -230,11 +262,22 @@ def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: i
     }
     logits = None
     if score == "leep":
+        from leep_jax.sharding import sharded_scores
+
         logits = _logits_of(values)
+        shift = _row_max(logits)
+        sharded = functools.partial(
+            sharded_scores, labels=labels, num_target_classes=num_classes, metrics=("leep",)
+        )
         calls["logits"] = lambda: fn(
             logits, labels, num_classes, from_logits=True, validate_inputs=False
         )
         calls["logits validated"] = lambda: fn(logits, labels, num_classes, from_logits=True)
+        calls["sharded"] = lambda: sharded(values, validate_inputs=False)
+        calls["sharded logits"] = lambda: sharded(logits, from_logits=True, validate_inputs=False)
+        calls["row max"] = lambda: _row_max(logits)
+        calls["row sum"] = lambda: _row_sum(logits, shift)
+        calls["row sum of exp"] = lambda: _row_sum_of_exp(logits, shift)
     times = paired_best(calls)
     out: dict[str, Any] = {"calls": times}
     for suffix, key in (("", "best_s"), ("_cpu_time", "best_cpu_s")):
@@ -245,6 +288,13 @@ def call_ratios(score: str, values: jax.Array, labels: jax.Array, num_classes: i
             out["logits_validated_over_unvalidated" + suffix] = (
                 best["logits validated"] / best["logits"]
             )
+            out["logits_over_probabilities_validated" + suffix] = (
+                best["logits validated"] / best["validated"]
+            )
+            out["sharded_logits_over_probabilities" + suffix] = (
+                best["sharded logits"] / best["sharded"]
+            )
+            out["logits_floor_over_probabilities" + suffix] = logits_floor(best)
     return out
 
 
@@ -512,6 +562,32 @@ RATIO_KEYS = {
         "float32",
         "logits_validated_over_unvalidated",
     ),
+    "leep_logits_over_probabilities_validated": (
+        "leep",
+        "float32",
+        "logits_over_probabilities_validated",
+    ),
+    "leep_logits_over_probabilities_validated_bfloat16": (
+        "leep",
+        "bfloat16",
+        "logits_over_probabilities_validated",
+    ),
+    "sharded_leep_logits_over_probabilities": (
+        "leep",
+        "float32",
+        "sharded_logits_over_probabilities",
+    ),
+    "sharded_leep_logits_over_probabilities_bfloat16": (
+        "leep",
+        "bfloat16",
+        "sharded_logits_over_probabilities",
+    ),
+    "leep_logits_floor_over_probabilities": ("leep", "float32", "logits_floor_over_probabilities"),
+    "leep_logits_floor_over_probabilities_bfloat16": (
+        "leep",
+        "bfloat16",
+        "logits_floor_over_probabilities",
+    ),
     "nce_validated_over_unvalidated": ("nce", "float32", "validated_over_unvalidated"),
     "h_score_validated_over_unvalidated": ("h_score", "float32", "validated_over_unvalidated"),
 }
@@ -519,6 +595,10 @@ RATIO_TARGETS = {
     "leep_validated_over_unvalidated": "<= 1.25",
     "leep_logits_over_probabilities": "<= 1.4",
     "leep_logits_over_probabilities_bfloat16": "<= 1.4",
+    "leep_logits_over_probabilities_validated": "<= 1.4",
+    "leep_logits_over_probabilities_validated_bfloat16": "<= 1.4",
+    "sharded_leep_logits_over_probabilities": "<= 1.4",
+    "sharded_leep_logits_over_probabilities_bfloat16": "<= 1.4",
 }
 
 
@@ -659,6 +739,8 @@ def _ratio_markdown(rows, summary) -> str:
                 calls["logits validated"]["best_s"] * 1e3 if "logits" in calls else None,
                 ratios.get("validated_over_unvalidated_cpu_time"),
                 ratios.get("logits_over_probabilities_cpu_time"),
+                ratios.get("sharded_logits_over_probabilities_cpu_time"),
+                ratios.get("logits_floor_over_probabilities_cpu_time"),
                 r.get("load_average"),
             ]
         )
@@ -672,7 +754,10 @@ def _ratio_markdown(rows, summary) -> str:
         "alternating, best of 5 each; `validated` is the default `validate_inputs=True`. "
         "Measured on a machine that may be shared: the ratios within a row, not the "
         "absolute times, are the figures of merit (targets: validated / unvalidated "
-        "<= 1.25, logits / probabilities <= 1.4).",
+        "<= 1.25, logits / probabilities <= 1.4). The floor column is the least LEEP "
+        "from logits can cost over LEEP from probabilities (`logits_floor`: the "
+        "probability call plus a row max and two passes of one exponential per element "
+        "over the logits, each timed as a fused whole-array reduction).",
         "",
     ]
     if "leep_validated_over_unvalidated" in summary:
@@ -698,6 +783,8 @@ def _ratio_markdown(rows, summary) -> str:
         "logits validated ms",
         "validated / unvalidated (CPU time)",
         "logits / probabilities (CPU time)",
+        "sharded_scores logits / probabilities (CPU time)",
+        "floor of logits / probabilities (CPU time)",
         "load average",
     ]
     return "\n".join(lines) + harness.markdown_table(headers, table) + "\n"

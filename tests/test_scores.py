@@ -193,6 +193,35 @@ def test_huge_logits_finite_and_agree_with_probabilities(scale):
     )
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_logits_sweep_one_keeps_each_rows_normaliser(dtype):
+    """Sweep 1 from logits: the joint of softmaxes and, for sweep 2, each row's max and
+    log-sum, against float64, over 2 CPU blocks of 256 rows and a tail, with rows far
+    from 0 (the shift matters) and masked rows (dropped from the joint, still shifted)."""
+    from leep_jax.scores import ops
+    from leep_jax.scores.leep import joint_and_normalisers
+
+    rng = np.random.default_rng(7)
+    n, z, y = 700, 1000, 6
+    logits = rng.normal(scale=4.0, size=(n, z)) + rng.choice([-300.0, 0.0, 500.0], (n, 1))
+    logits = jnp.asarray(logits, dtype)
+    labels = rng.integers(0, y, n).astype(np.int32)
+    mask = rng.random(n) > 0.2
+    valid = ops.valid_rows(jnp.asarray(labels), y, jnp.asarray(mask))
+    sweep = jax.jit(joint_and_normalisers, static_argnums=3, static_argnames="from_logits")
+    joint, (shift, log_total) = sweep(logits, labels, valid, y, from_logits=True)
+
+    wide = np.asarray(logits, np.float64)
+    row_max = wide.max(axis=1)
+    row_log_total = np.log(np.exp(wide - row_max[:, None]).sum(axis=1))
+    softmax = np.exp(wide - row_max[:, None] - row_log_total[:, None])
+    expected = np.zeros((y, z))
+    np.add.at(expected, labels[mask], softmax[mask])
+    np.testing.assert_array_equal(np.asarray(shift, np.float64), row_max)
+    np.testing.assert_allclose(log_total, row_log_total, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(joint, expected, rtol=RTOL, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_inputs(dtype):
     logits, probs, labels = make_problem(6, 500, 10, 4)

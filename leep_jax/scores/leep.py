@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.joint import conditional, joint_sum
+from leep_jax.scores.joint import conditional
 from leep_jax.scores.validation import (
     accumulation_dtype,
     prepare,
@@ -79,23 +79,62 @@ def masked_mean(values: jax.Array, valid: jax.Array) -> jax.Array:
     return total / jnp.sum(valid, dtype=total.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits", "check"))
-def _leep(predictions, labels, mask, num_target_classes, from_logits, check=False):
-    """LEEP, and with ``check`` also the value-check flags, from the same two sweeps.
+def joint_and_normalisers(
+    predictions: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array,
+    num_target_classes: int,
+    *,
+    from_logits: bool,
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    """Sweep 1 of LEEP: the unnormalised joint, and for logits what sweep 2 reuses.
 
-    Sweep 1 sums the joint; for logits it also keeps each row's softmax normaliser
-    (max and log-sum, ``f32[n]`` each), so that sweep 2 needs one exponential per
-    element and no max. Sweep 2 forms the per-example
-    term and, with ``check``, each row's sum (and minimum): no extra read of the input.
+    For logits the softmax of each row is formed once here, and its normaliser kept
+    (shift and log-sum, ``[n]`` each, see :func:`leep_jax.scores.ops.softmax_sum_into`)
+    so that sweep 2 needs one exponential per element and no max.
+
+    Args:
+      predictions: ``[n, Z]`` probabilities or logits.
+      labels: ``int[n]``.
+      valid: ``bool[n]``, the rows that count (:func:`leep_jax.scores.ops.valid_rows`).
+      num_target_classes: static ``Y``.
+      from_logits: whether ``predictions`` are logits.
+
+    Returns:
+      ``(joint_sum f32[Y, Z], normalisers)``: ``normalisers`` is ``()`` for
+      probabilities, ``(shift f32[n], log_total f32[n])`` for logits.
     """
     dtype = accumulation_dtype(predictions.dtype)
-    valid = ops.valid_rows(labels, num_target_classes, mask)
     shape = (num_target_classes, predictions.shape[-1])
     if from_logits:
-        table, *extras = ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
-    else:
-        table, _ = joint_sum(predictions, labels, num_target_classes, mask=mask)
-        extras = ()
+        table, *normalisers = ops.softmax_sum_into(shape, predictions, labels, valid, dtype=dtype)
+        return table, tuple(normalisers)
+    return ops.row_sum_into(shape, predictions, labels, valid, dtype=dtype), ()
+
+
+def per_example_terms(
+    joint: jax.Array,
+    predictions: jax.Array,
+    labels: jax.Array,
+    normalisers: tuple[jax.Array, ...],
+    *,
+    from_logits: bool,
+    check: bool = False,
+):
+    """Sweep 2 of LEEP: ``log sum_z P(y_i | z) theta_iz`` per row, ``f32[n]``; no masking.
+
+    With ``check`` also each row's :func:`row_checks` statistics from the same read,
+    returned as ``(terms, row_stats)``.
+
+    Args:
+      joint: ``[Y, Z]`` joint (or its unnormalised sum) over every counted row.
+      predictions: ``[n, Z]`` probabilities or logits.
+      labels: ``int[n]``.
+      normalisers: the second result of :func:`joint_and_normalisers`.
+      from_logits: whether ``predictions`` are logits.
+      check: also return the value-check statistics of each row.
+    """
+    dtype = accumulation_dtype(predictions.dtype)
     term = _log_dot_softmax if from_logits else _log_dot
 
     def row_fn(conditional_row, row, *extra):
@@ -104,7 +143,24 @@ def _leep(predictions, labels, mask, num_target_classes, from_logits, check=Fals
             return value
         return value, row_checks(row, probabilities=not from_logits)
 
-    out = ops.per_row(row_fn, conditional(table).astype(dtype), predictions, labels, *extras)
+    return ops.per_row(row_fn, conditional(joint).astype(dtype), predictions, labels, *normalisers)
+
+
+@functools.partial(jax.jit, static_argnames=("num_target_classes", "from_logits", "check"))
+def _leep(predictions, labels, mask, num_target_classes, from_logits, check=False):
+    """LEEP, and with ``check`` also the value-check flags, from the same two sweeps.
+
+    Sweep 1 sums the joint (for logits keeping each row's softmax normaliser); sweep 2
+    forms the per-example term and, with ``check``, each row's sum (and minimum): no
+    extra read of the input.
+    """
+    valid = ops.valid_rows(labels, num_target_classes, mask)
+    table, normalisers = joint_and_normalisers(
+        predictions, labels, valid, num_target_classes, from_logits=from_logits
+    )
+    out = per_example_terms(
+        table, predictions, labels, normalisers, from_logits=from_logits, check=check
+    )
     if not check:
         return masked_mean(out, valid)
     per_example, row_stats = out

@@ -236,10 +236,16 @@ def map_rows(row_fn, values: jax.Array, dtype):
     )
 
 
+def _row_shift(rows: jax.Array, dtype) -> jax.Array:
+    """``max(l_i)`` per row in ``dtype``, 0 for rows without a finite maximum."""
+    shift = jnp.max(rows, axis=-1).astype(dtype)
+    return jnp.where(jnp.isfinite(shift), shift, 0)
+
+
 def softmax_sum_into(
     table_shape, logits: jax.Array, index, weights: jax.Array, *, dtype
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``table[index[i]] += softmax(logits[i])``, keeping each row's normaliser, in one sweep.
+    """``table[index[i]] += softmax(logits[i])``, keeping each row's normaliser.
 
     The row sum of :func:`row_sum_into` with a softmax transform that also returns, per
     row, the shift ``m_i = max(l_i)`` and ``log s_i`` with ``s_i = sum_z exp(l_iz - m_i)``,
@@ -254,37 +260,41 @@ def softmax_sum_into(
     index = jnp.where(weights, index, table_shape[0])
     out_sharding = replicated_out_sharding(index)
 
-    def add(table, index, rows):
-        rows = rows.astype(dtype)
-        shift = jnp.max(rows, axis=-1, keepdims=True)
-        shift = jnp.where(jnp.isfinite(shift), shift, 0)
-        exps = jnp.exp(rows - shift)
-        total = jnp.sum(exps, axis=-1, keepdims=True)
+    def add(table, index, rows, shift):
+        exps = jnp.exp(rows.astype(dtype) - shift[..., None])
+        total = jnp.sum(exps, axis=-1)
         # One division per row, then a multiplication per element (within an ulp of
         # the division, and several times cheaper on CPU).
-        softmax = exps * (1 / total)
+        softmax = exps * (1 / total)[..., None]
         table = table.at[index].add(softmax, mode="drop", out_sharding=out_sharding)
-        return table, shift[:, 0], jnp.log(total[:, 0])
+        return table, jnp.log(total)
+
+    def whole(table, logits, index):
+        shift = _row_shift(logits, dtype)
+        table, log_total = add(table, index, logits, shift)
+        return table, shift, log_total
 
     table = jnp.zeros(table_shape, dtype)
     if logits.ndim != 2 or _is_split_along_rows(logits):
-        return add(table, index, logits)
+        return whole(table, logits, index)
 
     def blocked(table, logits, index):
+        # The maxima first, as one reduction over the whole array (it reads at memory
+        # speed, and XLA:CPU fuses the widening of bfloat16 into it), then the loop:
+        # 8-18 % (float32) and 5-16 % (bfloat16) less time for this sweep than each block's
+        # maxima taken inside the loop, for logits at [200000, 1000] on a 2-core CPU.
+        shift = _row_shift(logits, dtype)
         read = _block_reader(logits, dtype)
 
         def step(start, size, carry):
-            table, *per_row = carry
+            table, log_total = carry
             block_index = jax.lax.dynamic_slice_in_dim(index, start, size)
-            table, *block = add(table, block_index, read(start, size))
-            return table, *(
-                jax.lax.dynamic_update_slice_in_dim(out, b, start, 0)
-                for out, b in zip(per_row, block, strict=True)
-            )
+            block_shift = jax.lax.dynamic_slice_in_dim(shift, start, size)
+            table, block = add(table, block_index, read(start, size), block_shift)
+            return table, jax.lax.dynamic_update_slice_in_dim(log_total, block, start, 0)
 
         zeros = jnp.zeros(index.shape, dtype)
-        return _block_loop(logits.shape[0], logits.shape[1], step, (table, zeros, zeros))
+        table, log_total = _block_loop(*logits.shape, step, (table, zeros))
+        return table, shift, log_total
 
-    return jax.lax.platform_dependent(
-        table, logits, index, cpu=blocked, default=lambda t, r, i: add(t, i, r)
-    )
+    return jax.lax.platform_dependent(table, logits, index, cpu=blocked, default=whole)

@@ -13,6 +13,7 @@ from jax.typing import ArrayLike
 
 from leep_jax import streaming
 from leep_jax.scores import ops
+from leep_jax.scores.leep import joint_and_normalisers, per_example_terms
 from leep_jax.scores.names import DEFAULT_SCORES
 from leep_jax.scores.validation import (
     accumulation_dtype,
@@ -97,15 +98,19 @@ def _shard_scores(
     num_source_classes = predictions.shape[-1]
     scores = {}
     if "leep" in metrics:
-        # Phase 1: the global joint, so every shard holds the same frozen conditional.
-        joint = streaming.joint(num_target_classes, num_source_classes, from_logits=from_logits)
-        joint_state = jax.lax.psum(joint.update(joint.init(), predictions, labels, mask), axis)
-        # Phase 2: the summed log-EEP of this shard's rows under that conditional.
-        eep = streaming.log_eep(num_target_classes, num_source_classes, from_logits=from_logits)
-        eep_state = eep.update(
-            eep.init(), predictions, labels, streaming.conditional(joint_state), mask
+        # Phase 1: the global joint, so every shard holds the same frozen conditional;
+        # for logits each shard keeps its rows' softmax normalisers for phase 2.
+        valid = ops.valid_rows(labels, num_target_classes, mask)
+        joint, normalisers = joint_and_normalisers(
+            predictions, labels, valid, num_target_classes, from_logits=from_logits
         )
-        scores["leep"] = eep.compute(jax.lax.psum(eep_state, axis))
+        joint = jax.lax.psum(joint, axis)
+        # Phase 2: the summed log-EEP of this shard's rows under that conditional.
+        terms = per_example_terms(joint, predictions, labels, normalisers, from_logits=from_logits)
+        total, count = jax.lax.psum(
+            (jnp.sum(jnp.where(valid, terms, 0)), jnp.sum(valid, dtype=terms.dtype)), axis
+        )
+        scores["leep"] = (total / count).astype(jnp.float32)
     if "nce" in metrics:
         nce = streaming.nce(num_target_classes, num_source_classes)
         scores["nce"] = nce.compute(
@@ -218,7 +223,8 @@ def sharded_scores(
 
     One jitted ``jax.shard_map``: each device reduces its shard of the examples to
     sums (the states of :mod:`leep_jax.streaming`) and ``lax.psum`` merges them.
-    LEEP is exact in two phases inside the same map: per-shard joint, psum,
+    LEEP is exact in two phases inside the same map: per-shard joint (for logits
+    keeping each row's softmax normaliser, as :func:`leep_jax.leep` does), psum,
     conditional, per-shard summed log-EEP, psum. H-score first psums the feature mean
     and accumulates features minus that mean, which keeps float32 accurate. Any ``n``
     works: rows are zero-padded to a multiple of the shard count and masked out, so
