@@ -11,7 +11,7 @@ from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
 from leep_jax.scores.feature_sums import class_sums, shifted_rows, valid_mean
-from leep_jax.scores.validation import validate
+from leep_jax.scores.validation import validate_features
 
 GAUSSIAN_TYPES = ("spherical", "diagonal")
 VARIANCE_FLOOR = 1e-4
@@ -140,13 +140,5 @@ def gbc(
       -1.51
     """
     gaussian_type = check_gaussian_type(gaussian_type)
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     return _gbc(*arrays, gaussian_type)

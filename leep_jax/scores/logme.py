@@ -20,7 +20,7 @@ from leep_jax.scores.feature_sums import (
     symmetric,
     valid_mean,
 )
-from leep_jax.scores.validation import is_concrete, validate
+from leep_jax.scores.validation import is_concrete, validate_features
 
 # Stopping rule of the fixed point from (alpha, beta) = (1, 1): stop once t = alpha / beta
 # moves by <= 1e-5 relative, after at most 50 updates. The peers stop much earlier
@@ -291,15 +291,7 @@ def logme(
       >>> bool(jnp.isfinite(score))
       True
     """
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     return _logme(*arrays)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.validation import accumulation_dtype, validate
+from leep_jax.scores.validation import accumulation_dtype, validate_features
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Sums over ~n^2/2 pairs go through a tree of partial sums of this many terms, so the
@@ -224,15 +224,7 @@ def parc(
     """
     if num_dims is not None and (isinstance(num_dims, bool) or int(num_dims) < 1):
         raise ValueError(f"num_dims must be a positive int or None, got {num_dims!r}")
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     if arrays[0].shape[0] > MAX_EXAMPLES:
         raise ValueError(
             f"parc takes at most {MAX_EXAMPLES} examples (int32 pair ranks), "

@@ -18,7 +18,7 @@ from leep_jax.scores.feature_sums import (
     symmetric,
     valid_mean,
 )
-from leep_jax.scores.validation import validate
+from leep_jax.scores.validation import validate_features
 
 
 class RegularizedHScoreSums(NamedTuple):
@@ -187,13 +187,5 @@ def regularized_h_score(
       >>> round(float(leep_jax.regularized_h_score(features, labels, 2)), 4)
       1.2268
     """
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     return _regularized_h_score(*arrays)

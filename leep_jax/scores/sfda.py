@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.validation import accumulation_dtype, validate
+from leep_jax.scores.validation import accumulation_dtype, validate_features
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # TencentARC/SFDA: three rounds of its power iteration, shrinkage floored at 1e-10.
@@ -197,13 +197,5 @@ def sfda(
       >>> 0.5 < float(score) <= 1.0
       True
     """
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     return _sfda(*arrays)

@@ -337,3 +337,17 @@ def validate(
             name, values, labels, num_target_classes, mask, probabilities=probabilities
         )
     return values, labels, mask, num_target_classes
+
+
+def validate_features(
+    features: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes,
+    mask: ArrayLike | None,
+    *,
+    check: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array | None, int]:
+    """`validate` for a feature score's ``features [N, D]`` (finite real values)."""
+    return validate(
+        "features", features, labels, num_target_classes, mask, probabilities=False, check=check
+    )
