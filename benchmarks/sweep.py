@@ -13,7 +13,9 @@ scores the issue's target was set with).
 * **rounds**: then, ``R`` times, the floor and the two warm sweeps, alternating their
   order from round to round, so that a machine loaded by others slows them alike; a
   round's ratio is its warm sweep over its floor, and the figure reported is the median
-  over rounds (each round is in the JSON);
+  over rounds (each round is in the JSON); the same ratio by this process's CPU time
+  (``time.process_time``: every thread, the loader's and XLA's included) is reported
+  beside it (``warm_over_floor_cpu``), being less sensitive to other jobs;
 * **floor**: the bare forward passes alone: the same jitted ``ModuleForward`` over the
   same batches for every (model, target), inputs already on the device, models already
   loaded, one ``block_until_ready`` per pair;
@@ -114,13 +116,13 @@ def _floor_call(entries, targets):
         steps.setdefault(model.forward, jax.jit(model.forward))
     batches = [_device_batches(target, entries[0].preprocess) for target in targets]
 
-    def floor() -> float:
-        start = time.perf_counter()
+    def floor() -> dict[str, float]:
+        start, cpu = time.perf_counter(), time.process_time()
         for target_batches in batches:
             for model in loaded:
                 step = steps[model.forward]
                 jax.block_until_ready([step(model.params, b) for b in target_batches])
-        return time.perf_counter() - start
+        return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}
 
     floor()  # compiles and warms up
     return floor
@@ -136,16 +138,17 @@ def _sweep_call(entries, targets, folder: Path, label: str, metrics):
         nonlocal count
         count += 1
         out = folder / f"{label}-{count}.sqlite"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         summary = sweep.run_sweep(entries, targets, str(out), metrics=metrics,
                                   batch_size=BATCH_SIZE)  # fmt: skip
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
         assert summary.done == len(entries) * len(targets) and summary.failed == 0, summary
         with Store(out) as store:
             pairs = store.rows("pairs")
         out.unlink()
         load_s = sum({row[0]: row[4] for row in pairs}.values())
-        return {"wall_s": wall, "load_s": load_s, "score_s": sum(row[5] for row in pairs)}
+        return {"wall_s": wall, "cpu_s": cpu, "load_s": load_s,
+                "score_s": sum(row[5] for row in pairs)}  # fmt: skip
 
     return run_once
 
@@ -171,6 +174,7 @@ def _in_memory_scores_s(entries, targets) -> dict[str, float]:
             features = jax.jit(model.forward)(model.params, images)[1][:n]
             labels = jnp.asarray(target.labels)
             for name, score in engine.IN_MEMORY_SCORES.items():
+
                 def call(score=score, features=features, labels=labels, y=target.num_classes):
                     jax.block_until_ready(score(features, labels, y, validate_inputs=False))
 
@@ -205,11 +209,11 @@ def run(config: harness.Config) -> dict[str, Any]:
             measured: dict[str, Any] = {"order": order, "load_average": os.getloadavg()[0]}
             for name in order:
                 result = calls[name]()
-                measured[name] = result if name != "floor" else {"wall_s": result}
+                measured[name] = result
             for name in sweeps:
-                measured[f"{name}_over_floor"] = (
-                    measured[name]["wall_s"] / measured["floor"]["wall_s"]
-                )
+                for clock in ("wall", "cpu"):
+                    ratio = measured[name][f"{clock}_s"] / measured["floor"][f"{clock}_s"]
+                    measured[f"{name}_over_floor{'_cpu' if clock == 'cpu' else ''}"] = ratio
             rounds.append(measured)
             print(f"[sweep] round {index + 1}: floor {measured['floor']['wall_s']:.1f} s, "
                   + ", ".join(f"{n} {measured[n]['wall_s']:.1f} s "
@@ -246,6 +250,7 @@ def _summary(num_models, targets, first, rounds, in_memory, sweeps) -> dict[str,
             f"compile_s{suffix}": max(first[name]["wall_s"] - warm, 0.0),
             f"warm_over_floor{suffix}": median(f"{name}_over_floor", None),
             f"warm_over_floor_per_round{suffix}": [r[f"{name}_over_floor"] for r in rounds],
+            f"warm_over_floor_cpu{suffix}": median(f"{name}_over_floor_cpu", None),
             f"load_s{suffix}": median(name, "load_s"),
             f"models_per_minute_warm{suffix}": num_models * 60 / warm,
             f"models_per_minute_first{suffix}": num_models * 60 / first[name]["wall_s"],
@@ -291,6 +296,8 @@ def _markdown(s: dict[str, Any], info: dict[str, Any], config: harness.Config) -
             f"warm sweep / floor = **{s['warm_over_floor']:.2f}** (every score), "
             f"**{s['warm_over_floor_one_pass']:.2f}** (LEEP, NCE, H-score); per round "
             f"(every / one-pass): {rounds}. Compile (first - warm): {s['compile_s']:.1f} s "
-            f"and {s['compile_s_one_pass']:.1f} s.",
+            f"and {s['compile_s_one_pass']:.1f} s. By this process's CPU time (all its "
+            "threads; less sensitive to other jobs than wall time): "
+            f"{s['warm_over_floor_cpu']:.2f} and {s['warm_over_floor_cpu_one_pass']:.2f}.",
         ]
     )
