@@ -279,7 +279,7 @@ def _kept_predictions(params, inputs):
     return inputs, None
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def _cached_eval_shape(forward: Forward, treedef, avals: tuple) -> Any:
     return jax.eval_shape(forward, *jax.tree.unflatten(treedef, avals))
 
