@@ -327,7 +327,7 @@ def test_builtin_zoo_names_resolve_without_training():
 
 
 def test_models_of_one_architecture_share_one_compiled_step(zoo, tmp_path):
-    from leep_jax.models.adapters import LinenModel, LinenModules, NnxModel
+    from leep_jax.models.adapters import LinenModel, NnxModel, SharedModules
     from leep_jax.streaming import engine
 
     folder = zoo["zoo"].parent
@@ -340,7 +340,7 @@ def test_models_of_one_architecture_share_one_compiled_step(zoo, tmp_path):
     summary = sweep.run_sweep([first, second], [target], out, batch_size=16)
     assert (summary.done, summary.skipped) == (1, 1)
     assert (engine.pass1_step._cache_size(), engine.pass2_step._cache_size()) == compiled
-    modules = LinenModules()
+    modules = SharedModules()
     variables = folder / "linen.msgpack"
     linen = [LinenModel(name, "user_models:LinenMLP", variables, features_layer="embed",
                         search_dir=folder) for name in ("a", "b")]  # fmt: skip

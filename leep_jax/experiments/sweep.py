@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from leep_jax.experiments.sweep_store import PairRecord, Store
 from leep_jax.experiments.sweep_targets import Target, preprocess_images
-from leep_jax.models.adapters import LinenModules, Loaded, ModelEntry, PrecomputedOutputs
+from leep_jax.models.adapters import Loaded, ModelEntry, PrecomputedOutputs, SharedModules
 from leep_jax.scores.names import SCORE_NAMES, check_score_names
 from leep_jax.streaming import engine, sources
 
@@ -302,10 +302,7 @@ def run_sweep(
     try:
         finished: set[tuple[str, str]] = set()
         if store is not None:
-            _describe(store, entries, targets)
-            store.record_versions()
             finished = store.finished(metrics, retry_failed=retry_failed)
-            run_id = store.start_run(argv, exchange.process_count)
         finished = exchange.share(finished)
 
         def emit(record: PairRecord) -> None:
@@ -320,7 +317,7 @@ def run_sweep(
 
         mine = list(entries)[exchange.process_index :: exchange.process_count]
         bar = tqdm(total=len(mine) * len(targets), unit="pair", desc="sweep", disable=not progress)
-        modules = LinenModules()
+        shared = SharedModules()
         cache: dict[tuple, np.ndarray] = {}
         work = []
         for entry in mine:
@@ -332,12 +329,16 @@ def run_sweep(
 
         def timed_load(entry: ModelEntry) -> tuple[Loaded, float]:
             start = time.perf_counter()
-            return entry.load(modules), time.perf_counter() - start
+            return entry.load(shared), time.perf_counter() - start
 
         # The next model loads (orbax reads, deserialisation) while this one is scored.
         loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leep-jax-load")
         loads = [loader.submit(timed_load, work[0][0])] if work else []
         try:
+            if store is not None:  # while the first model loads
+                _describe(store, entries, targets)
+                store.record_versions()
+                run_id = store.start_run(argv, exchange.process_count)
             for index, (entry, pending) in enumerate(work):
                 if index + 1 < len(work):
                     loads.append(loader.submit(timed_load, work[index + 1][0]))

@@ -29,7 +29,9 @@ factories' modules are looked up beside the zoo file first::
     features = "exported/digits_features.npy" # [rows, D]
 
 ``preprocess`` keys: ``channels`` (1 or 3), ``size`` (square resize), ``mean`` and
-``std`` (one or three numbers; images are in [0, 1] before normalisation).
+``std`` (one or three numbers; images are in [0, 1] before normalisation). Outputs are
+keyed by the dataset as ``--target`` names it; TOML needs quotes around a key with a
+colon: ``[model.outputs."tfds:cifar10"]``.
 
 A malformed file raises :class:`ZooFileError` naming the model and the key; problems
 that only show when a model is loaded (a missing checkpoint, a factory that does not

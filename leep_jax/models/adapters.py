@@ -8,11 +8,12 @@ pytree. Each adapter here turns one kind of model into that pair:
 * :class:`NnxModel`: an NNX model factory (``"package.module:callable"`` plus keyword
   arguments) and an orbax checkpoint of its state. The model runs in eval mode through
   :class:`~leep_jax.streaming.score_model.ModuleForward`, so models of one architecture
-  (equal ``nnx.split`` graphs) share one compiled step.
+  (equal ``nnx.split`` graphs) share one compiled step; a sweep builds each
+  architecture once (:class:`SharedModules`).
 * :class:`LinenModel`: a ``flax.linen`` module factory and its variables (a
   ``flax.serialization`` msgpack file or an orbax checkpoint), with the method that
   returns ``(logits, features)`` or the layer whose output is the features. One module
-  object per distinct factory and arguments (:class:`LinenModules`), so models that
+  object per distinct factory and arguments (:class:`SharedModules`), so models that
   differ only in their variables share one compiled step.
 * :class:`PrecomputedOutputs`: ``.npy`` logits and features per target dataset, from
   any framework, one row per example of the dataset's training split.
@@ -47,12 +48,12 @@ __all__ = [
     "InMemoryModel",
     "LinenForward",
     "LinenModel",
-    "LinenModules",
     "Loaded",
     "ModelEntry",
     "NnxModel",
     "PrecomputedOutputs",
     "Preprocess",
+    "SharedModules",
     "import_callable",
 ]
 
@@ -128,43 +129,63 @@ def import_callable(target: str, search_dir: str | Path | None = None) -> Callab
     return value
 
 
-def _restore_orbax(path: Path) -> Any:
-    """The raw pytree (nested dicts of arrays) of an orbax checkpoint directory.
+class _OrbaxReader:
+    """Reads orbax checkpoint directories into raw pytrees (nested dicts of NumPy arrays).
 
     A leep_jax checkpoint (:func:`leep_jax.models.save_model`) keeps its arrays in the
     ``state`` item; a plain ``ocp.StandardCheckpointer().save(path, tree)`` keeps them
-    at the top.
-    """
-    import orbax.checkpoint as ocp
+    at the top. Only this process reads, into host NumPy arrays: under jax.distributed
+    orbax would otherwise synchronise every process and restore onto the global device
+    topology, while each process of a sweep loads models of its own.
 
-    if not path.is_dir():
-        raise FileNotFoundError(f"no orbax checkpoint directory at {path}")
-    if (path / "state").is_dir() and (path / "metadata").is_dir():
-        path = path / "state"
-    # Only this process reads, into host NumPy arrays: under jax.distributed orbax would
-    # otherwise synchronise every process and restore onto the global device topology,
-    # while each process of a sweep loads models of its own.
-    only_me = ocp.options.MultiprocessingOptions(
-        primary_host=None, active_processes={jax.process_index()}
-    )
-    checkpointer = ocp.Checkpointer(
-        ocp.PyTreeCheckpointHandler(multiprocessing_options=only_me),
-        multiprocessing_options=only_me,
-    )
-    path = path.resolve()
-    # orbax logs warnings about a leep_jax checkpoint's item read on its own and about
-    # the options above, once per model: keep a sweep's stderr for what matters.
-    absl_logger = logging.getLogger("absl")
-    level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        tree = checkpointer.metadata(path)
-        tree = getattr(tree, "item_metadata", tree)
-        tree = getattr(tree, "tree", tree)
-        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-    finally:
-        absl_logger.setLevel(level)
+    Reading a checkpoint's metadata (to ask for NumPy leaves) costs more than restoring
+    its few arrays, so the restore arguments are kept per ``like`` key (an architecture):
+    the next checkpoint of that kind is restored with them, and read afresh only if
+    that fails.
+    """
+
+    def __init__(self):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        only_me = ocp.options.MultiprocessingOptions(
+            primary_host=None, active_processes={jax.process_index()}
+        )
+        self._checkpointer = ocp.Checkpointer(
+            ocp.PyTreeCheckpointHandler(multiprocessing_options=only_me),
+            multiprocessing_options=only_me,
+        )
+        self._restore_args: dict[str, Any] = {}
+
+    def restore(self, path: Path, like: str | None = None) -> Any:
+        if not path.is_dir():
+            raise FileNotFoundError(f"no orbax checkpoint directory at {path}")
+        if (path / "state").is_dir() and (path / "metadata").is_dir():
+            path = path / "state"
+        path = path.resolve()
+        restore = self._checkpointer.restore
+        # orbax logs warnings about a leep_jax checkpoint's item read on its own and about
+        # the options above, once per model: keep a sweep's stderr for what matters.
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        absl_logger.setLevel(logging.ERROR)
+        try:
+            known = self._restore_args.get(like) if like is not None else None
+            if known is not None:
+                try:
+                    return restore(path, args=self._ocp.args.PyTreeRestore(restore_args=known))
+                except Exception:  # another layout than the last of its kind: read metadata
+                    pass
+            tree = self._checkpointer.metadata(path)
+            tree = getattr(tree, "item_metadata", tree)
+            tree = getattr(tree, "tree", tree)
+            as_numpy = jax.tree.map(lambda _: self._ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            restored = restore(path, args=self._ocp.args.PyTreeRestore(restore_args=as_numpy))
+            if like is not None:
+                self._restore_args[like] = as_numpy
+            return restored
+        finally:
+            absl_logger.setLevel(level)
 
 
 def _pure(tree: Any) -> Any:
@@ -202,6 +223,10 @@ class NnxModel:
             "preprocess": self.preprocess.describe(),
         }
 
+    def architecture(self) -> str:
+        """What models built alike share: the factory, its search folder and arguments."""
+        return repr((self.factory, str(self.search_dir), sorted(self.kwargs.items())))
+
     def build(self) -> nnx.Module:
         """The abstract model (shapes only) from the factory."""
         factory = import_callable(self.factory, self.search_dir)
@@ -220,28 +245,27 @@ class NnxModel:
             )
         return model
 
-    def load(self, loaded_forwards: LinenModules | None = None) -> Loaded:
-        del loaded_forwards
-        model = self.build()
-        state = nnx.state(model)
-        restored = _pure(_restore_orbax(self.checkpoint))
+    def load(self, shared: SharedModules | None = None) -> Loaded:
+        shared = shared or SharedModules()
+        forward, abstract = shared.nnx(self)
+        state = jax.tree.map(lambda x: x, abstract)  # a new State, the same abstract leaves
+        restored = _pure(shared.restore_orbax(self.checkpoint, like=self.architecture()))
         try:
             nnx.replace_by_pure_dict(state, restored)
         except (KeyError, ValueError, TypeError) as error:
             raise ValueError(
                 f"checkpoint {self.checkpoint} does not fit the model: {error}"
             ) from None
-        abstract = [x for x in jax.tree.leaves(state) if isinstance(x, jax.ShapeDtypeStruct)]
-        if abstract:
+        missing = [x for x in jax.tree.leaves(state) if isinstance(x, jax.ShapeDtypeStruct)]
+        if missing:
             raise ValueError(
-                f"checkpoint {self.checkpoint} lacks {len(abstract)} of the model's arrays"
+                f"checkpoint {self.checkpoint} lacks {len(missing)} of the model's arrays"
             )
-        expected = jax.tree.map(np.shape, nnx.to_pure_dict(nnx.state(model)))
+        expected = jax.tree.map(np.shape, nnx.to_pure_dict(abstract))
         got = jax.tree.map(np.shape, nnx.to_pure_dict(state))
         if expected != got:
             raise ValueError(f"checkpoint {self.checkpoint} has other array shapes than the model")
-        graphdef, _ = nnx.split(model)
-        return Loaded(ModuleForward(graphdef), jax.tree.map(jnp.asarray, state))
+        return Loaded(forward, jax.tree.map(jnp.asarray, state))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -286,28 +310,51 @@ class LinenForward:
         return logits, features.reshape(features.shape[0], -1)
 
 
-class LinenModules:
-    """One :class:`LinenForward` per distinct (factory, kwargs, method, layer), per sweep.
+class SharedModules:
+    """What the models of one sweep share, made once per architecture.
 
-    Sharing the object lets every model of one Linen architecture share one compiled
-    step (the engine's jit caches by the forward's hash, which is its identity).
+    * one :class:`LinenForward` per distinct Linen (factory, kwargs, method, layer), and
+      one :class:`~leep_jax.streaming.score_model.ModuleForward` per distinct NNX
+      (factory, kwargs): sharing the object lets every model of one architecture share
+      one compiled step (the engine's jit caches look the forward up by hash and
+      equality, and identity answers equality at once);
+    * the abstract NNX state of each architecture (building the model under
+      ``nnx.eval_shape`` traces its constructor: ~0.25 s per SmallCNN on 2 CPUs, more
+      than restoring its checkpoint);
+    * one orbax reader, which keeps the restore arguments per architecture.
+
+    Not thread-safe: a sweep loads its models in one background thread.
     """
 
     def __init__(self):
-        self._made: dict[str, LinenForward] = {}
+        self._linen: dict[str, LinenForward] = {}
+        self._nnx: dict[str, tuple[ModuleForward, nnx.State]] = {}
+        self._orbax: _OrbaxReader | None = None
 
-    def get(self, entry: LinenModel) -> LinenForward:
-        key = repr((entry.factory, sorted(entry.kwargs.items()), entry.method,
-                    entry.features_layer, sorted(entry.apply_kwargs.items())))  # fmt: skip
-        if key not in self._made:
+    def linen(self, entry: LinenModel) -> LinenForward:
+        key = entry.architecture()
+        if key not in self._linen:
             module = import_callable(entry.factory, entry.search_dir)(**entry.kwargs)
-            self._made[key] = LinenForward(
+            self._linen[key] = LinenForward(
                 module,
                 entry.method,
                 entry.features_layer,
                 tuple(sorted(entry.apply_kwargs.items())),
             )
-        return self._made[key]
+        return self._linen[key]
+
+    def nnx(self, entry: NnxModel) -> tuple[ModuleForward, nnx.State]:
+        """``(forward, abstract state)``: the state's leaves are ``jax.ShapeDtypeStruct``."""
+        key = entry.architecture()
+        if key not in self._nnx:
+            graphdef, abstract = nnx.split(entry.build())
+            self._nnx[key] = ModuleForward(graphdef), abstract
+        return self._nnx[key]
+
+    def restore_orbax(self, path: Path, like: str | None = None) -> Any:
+        if self._orbax is None:
+            self._orbax = _OrbaxReader()
+        return self._orbax.restore(path, like)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -342,12 +389,19 @@ class LinenModel:
             "preprocess": self.preprocess.describe(),
         }
 
-    def load(self, loaded_forwards: LinenModules | None = None) -> Loaded:
+    def architecture(self) -> str:
+        """What models built alike share: factory, search folder, arguments, method, layer."""
+        kwargs, apply_kwargs = sorted(self.kwargs.items()), sorted(self.apply_kwargs.items())
+        return repr((self.factory, str(self.search_dir), kwargs, self.method,
+                     self.features_layer, apply_kwargs))  # fmt: skip
+
+    def load(self, shared: SharedModules | None = None) -> Loaded:
         from flax import serialization
 
-        forward = (loaded_forwards or LinenModules()).get(self)
+        shared = shared or SharedModules()
+        forward = shared.linen(self)
         if self.variables.is_dir():
-            variables = _restore_orbax(self.variables)
+            variables = shared.restore_orbax(self.variables, like=self.architecture())
         elif self.variables.is_file():
             variables = serialization.msgpack_restore(self.variables.read_bytes())
         else:
@@ -400,8 +454,8 @@ class PrecomputedOutputs:
             result.append(np.asarray(array[rows]))
         return result[0], result[1]
 
-    def load(self, loaded_forwards: LinenModules | None = None) -> Loaded:
-        del loaded_forwards
+    def load(self, shared: SharedModules | None = None) -> Loaded:
+        del shared
         return Loaded(engine.given_outputs, None, self.from_logits)
 
 
@@ -424,10 +478,10 @@ class BuiltinModel:
             "preprocess": self.preprocess.describe(),
         }
 
-    def load(self, loaded_forwards: LinenModules | None = None) -> Loaded:
+    def load(self, shared: SharedModules | None = None) -> Loaded:
         from leep_jax.transfer.zoo import train_source_model
 
-        del loaded_forwards
+        del shared
         model = train_source_model(self.spec)
         graphdef, state = nnx.split(model)
         return Loaded(ModuleForward(graphdef), state)
@@ -449,8 +503,8 @@ class InMemoryModel:
             "preprocess": self.preprocess.describe(),
         }
 
-    def load(self, loaded_forwards: LinenModules | None = None) -> Loaded:
-        del loaded_forwards
+    def load(self, shared: SharedModules | None = None) -> Loaded:
+        del shared
         graphdef, state = nnx.split(self.model)
         return Loaded(ModuleForward(graphdef), state)
 

@@ -211,6 +211,21 @@ def _outputs(forward: Forward, params, inputs, plan: Plan):
     )
 
 
+@functools.partial(jax.jit, static_argnames=("plan",))
+def initial_state(*, plan: Plan) -> dict[str, Any]:
+    """Pass 1's empty state: every accumulator, the feature shift, the count, the checks.
+
+    One compiled program per plan (made eagerly, the zeros of the ten scores' states
+    were ~50 dispatches per call).
+    """
+    no_shift = jnp.zeros((plan.feature_dim,), jnp.float32) if plan.reads_features else None
+    state = {name: acc.init() for name, acc in plan.accumulators(no_shift).items()}
+    if plan.reads_features:
+        state["feature_shift"] = no_shift
+    state["count"], state["checks"] = jnp.zeros((), jnp.float32), _no_problems()
+    return state
+
+
 @functools.partial(jax.jit, static_argnames=("forward", "plan"))
 def pass1_step(state, params, inputs, labels, mask, first_row, *, forward: Forward, plan: Plan):
     """One batch of pass 1: the forward, every pass-1 state and the checks.
@@ -247,14 +262,48 @@ def pass2_step(state, params, inputs, labels, mask, conditional, *, forward: For
     return plan.log_eep().update(state, predictions, labels, conditional, mask)
 
 
+@functools.partial(jax.jit, static_argnames=("plan",))
+def finish_step(state, *, plan: Plan) -> dict[str, jax.Array]:
+    """The one-pass scores but LEEP (which needs its second sum) from pass 1's state.
+
+    One compiled program per plan: computed eagerly, the fixed points and conditionals
+    of some scores (LogME's ``while_loop``, TransRate's ``cond``) would compile again on
+    every call, which cost a sweep of small models ~3 s per (model, target).
+    """
+    accs = plan.accumulators(state.get("feature_shift"))
+    return {m: acc.compute(state[m]) for m, acc in accs.items() if m != "leep"}
+
+
 def _kept_predictions(params, inputs):
     del params
     return inputs, None
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_eval_shape(forward: Forward, treedef, avals: tuple) -> Any:
+    return jax.eval_shape(forward, *jax.tree.unflatten(treedef, avals))
+
+
+def _eval_shape(forward: Forward, params, inputs) -> Any:
+    """``jax.eval_shape(forward, params, inputs)``, cached by the forward and the shapes.
+
+    Tracing a model costs tens of milliseconds (NNX merges its graph), once per call of
+    :func:`run`: a sweep scores many models of one architecture on one target shape.
+    """
+    leaves, treedef = jax.tree.flatten((params, inputs))
+    if all(isinstance(x, (np.ndarray, jax.Array)) for x in leaves):
+        avals = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
+        try:
+            return _cached_eval_shape(forward, treedef, avals)
+        except TypeError as error:  # an unhashable forward or tree: trace every time
+            if "unhashable" not in str(error):
+                raise
+    return jax.eval_shape(forward, params, inputs)
+
+
 def _shapes(forward: Forward, params, first: Batch) -> tuple[Any, Any]:
     """Abstract ``(predictions, features)`` of one batch, checked to be ``[b, k]`` floats."""
-    outputs = jax.eval_shape(forward, params, first.inputs)
+    outputs = _eval_shape(forward, params, first.inputs)
     if not isinstance(outputs, (tuple, list)) or len(outputs) != 2:
         raise ValueError("the forward pass must return a pair (predictions, features)")
     batch_size = first.labels.shape[0]
@@ -333,11 +382,7 @@ def run(
         0 if features is None else features.shape[1],
         keep_predictions,
     )
-    no_shift = jnp.zeros((plan.feature_dim,), jnp.float32) if plan.reads_features else None
-    state = {name: acc.init() for name, acc in plan.accumulators(no_shift).items()}
-    if plan.reads_features:
-        state["feature_shift"] = no_shift
-    state["count"], state["checks"] = jnp.zeros((), jnp.float32), _no_problems()
+    state = initial_state(plan=plan)
     step = functools.partial(pass1_step, forward=forward, plan=plan)
     probability_dtype = None if predictions is None else predictions.dtype
 
@@ -360,8 +405,7 @@ def run(
     n = int(state["count"])
     if n == 0:
         raise ValueError("the masks exclude every example; a score needs at least one")
-    accs = plan.accumulators(state.get("feature_shift"))
-    scores = {m: float(accs[m].compute(state[m])) for m in accs if m != "leep"}
+    scores = {m: float(v) for m, v in jax.device_get(finish_step(state, plan=plan)).items()}
     if plan.keeps_features:
         features, labels, mask = (
             jnp.concatenate(parts) for parts in zip(*kept_features, strict=True)
@@ -382,8 +426,7 @@ def run(
 
 def _second_sum(source, joint_state, kept, forward, params, plan: Plan, n: int):
     """LEEP from the complete joint: over the kept predictions, or over the batches again."""
-    conditional = accumulators.conditional(joint_state)
-    state = plan.log_eep().init()
+    conditional, state = _second_sum_start(joint_state, plan=plan)
     batches: Iterator
     if plan.keep_predictions:
         forward, params, forward_passes = _kept_predictions, None, 1
@@ -396,12 +439,25 @@ def _second_sum(source, joint_state, kept, forward, params, plan: Plan, n: int):
         state = pass2_step(
             state, params, inputs, labels, mask, conditional, forward=forward, plan=plan
         )
-    if int(state.count) != n:
+    value, count = jax.device_get(_second_sum_value(state, plan=plan))
+    if int(count) != n:
         raise ValueError(
-            f"the second pass over batches counted {int(state.count)} examples, the first "
+            f"the second pass over batches counted {int(count)} examples, the first "
             f"{n}: batches must yield the same data each time"
         )
-    return float(plan.log_eep().compute(state)), forward_passes
+    return float(value), forward_passes
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _second_sum_start(joint_state, *, plan: Plan):
+    """LEEP's frozen conditional ``P(y|z)`` and the second sum's empty state."""
+    return accumulators.conditional(joint_state), plan.log_eep().init()
+
+
+@functools.partial(jax.jit, static_argnames=("plan",))
+def _second_sum_value(state, *, plan: Plan):
+    """LEEP from the second sum's state, and the rows it counted."""
+    return plan.log_eep().compute(state), state.count
 
 
 @dataclasses.dataclass(frozen=True)
