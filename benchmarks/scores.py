@@ -137,11 +137,11 @@ def _dominant_steps(host, device, sizes) -> dict[str, dict[str, Any]]:
     steps["parc"]["step"] = "N x N correlation (Z Z^T, Z [N, 32])"
 
     device_features, _, device_nleep_labels, _ = device
-    scores, num_kept = nleep_module._principal_scores(
+    mean, axes, num_kept = nleep_module._principal_axes(
         device_features, device_nleep_labels, None, sizes["nleep_classes"], 0.8
     )
-    width = nleep_module._bucket(int(num_kept), scores.shape[1])
-    scores = scores[:, :width]
+    width = nleep_module._width(int(num_kept), axes.shape[1])
+    scores = jnp.matmul(device_features - mean, axes[:, :width], precision=_HIGHEST)
     weights = jnp.ones(scores.shape[0], scores.dtype)
     num_components = 5 * sizes["nleep_classes"]
     initial = jax.jit(nleep_module.kmeans_init, static_argnums=3)(
