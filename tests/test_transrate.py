@@ -74,7 +74,10 @@ def test_class_grams_equal_masked_sums(n, num_classes):
     )
     with jax.enable_x64(True):
         got = transrate_module.class_grams(
-            jnp.asarray(rows), jnp.asarray(labels), jnp.asarray(valid), num_target_classes=num_classes
+            jnp.asarray(rows),
+            jnp.asarray(labels),
+            jnp.asarray(valid),
+            num_target_classes=num_classes,
         )
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-12, atol=1e-12)
 

@@ -285,9 +285,10 @@ def nleep(
 
     Eager calls compute the PCA first, read the number of kept components and run EM on
     that many columns rounded up by at most 1.25x (to ..., 64, 80, 96, 112, 128, ...;
-    one compile per such width; EM's work grows with the width squared); traced calls (inside ``jit``) run on all ``feature_dim`` columns with
-    the extra ones zero. Both give the same mixture: zero columns with variance
-    ``reg_covar`` add the same constant to every component's log-density.
+    one compile per such width; EM's work grows with the width squared); traced calls
+    (inside ``jit``) run on all ``feature_dim`` columns with the extra ones zero. Both
+    give the same mixture: zero columns with variance ``reg_covar`` add the same
+    constant to every component's log-density.
 
     Differences from the peer: it takes ``5 K`` components for the ``K`` classes
     present; here ``num_target_classes`` fixes the count. It has no log in its LEEP.
