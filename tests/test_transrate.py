@@ -48,7 +48,9 @@ def test_both_paths_match_float64_reference_with_mask(seed):
     f32 = features.astype(np.float32)
     eager32 = float(leep_jax.transrate(f32, labels, C, mask=mask))
     np.testing.assert_allclose(eager32, expected, rtol=5e-5)
-    np.testing.assert_allclose(float(_traced(f32, labels, mask)), eager32, rtol=2e-5)
+    # float32: both within the tolerance of test_feature_scores.FLOAT32_RTOL; the traced
+    # path rounds differently (D x D Grams rebuilt from shifted sums).
+    np.testing.assert_allclose(float(_traced(f32, labels, mask)), expected, rtol=5e-5)
 
 
 def test_vmap_over_traced_labels_matches_eager_loop():
