@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--quick | --tiny] [--only NAME ...]``: runs the suite."""
+"""``python -m benchmarks [--quick | --tiny] [--only NAME ...] [--scores A,B]``: runs the suite."""
 
 from __future__ import annotations
 
@@ -42,6 +42,13 @@ def _parse(argv):
         action="store_true",
         help="core: only the headline size (to repeat it on a quiet machine)",
     )
+    parser.add_argument(
+        "--scores",
+        type=lambda text: tuple(name for name in text.split(",") if name),
+        metavar="NAME,NAME",
+        help="scores: only these scores (e.g. transrate,nleep), merged into the existing "
+        "scores results",
+    )
     return parser.parse_args(argv)
 
 
@@ -54,6 +61,7 @@ def main(argv=None) -> int:
         out_dir=args.out or harness.RESULTS_DIR / label,
         memory_budget_gb=args.memory_budget_gb,
         headline_only=args.headline,
+        scores=args.scores,
     )
     print(f"benchmarks ({mode}) -> {config.out_dir}", flush=True)
     print(harness.machine_line(harness.machine()), flush=True)

@@ -46,12 +46,15 @@ class Config:
       headline_only: core measures only its headline size (written to
         ``core_headline.*``; the summary's core keys are updated), to repeat the
         headline figures on a quieter machine without the whole grid.
+      scores: the ``scores`` benchmark measures only these scores and merges them into
+        its existing results (the others keep their numbers and dates); None: all.
     """
 
     mode: str
     out_dir: Path
     memory_budget_gb: float
     headline_only: bool = False
+    scores: tuple[str, ...] | None = None
 
     def pick(self, full, quick, tiny):
         """The value for this run's mode."""

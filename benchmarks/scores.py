@@ -21,6 +21,8 @@ penultimate features), float32.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from typing import Any
 
@@ -112,12 +114,23 @@ def _correlation(unit_rows):
     return jnp.matmul(unit_rows, unit_rows.T, precision=_HIGHEST)
 
 
-def _dominant_steps(host, device, sizes) -> dict[str, dict[str, Any]]:
-    """Timings of SFDA's, PARC's and NLEEP's dominant steps on this data."""
+def _dominant_steps(host, device, sizes, names) -> dict[str, dict[str, Any]]:
+    """Timings of SFDA's, PARC's and NLEEP's dominant steps on this data (those in names)."""
     import importlib
 
     nleep_module = importlib.import_module("leep_jax.scores.nleep")
     features, labels, nleep_labels, _ = host
+    steps: dict[str, dict[str, Any]] = {}
+    if "sfda" in names:
+        steps["sfda"] = _sfda_step(features, labels, sizes)
+    if "parc" in names:
+        steps["parc"] = _parc_step(features)
+    if "nleep" in names:
+        steps["nleep"] = _nleep_step(nleep_module, device, sizes)
+    return steps
+
+
+def _sfda_step(features, labels, sizes) -> dict[str, Any]:
     x = features.astype(np.float64)
     within = np.cov(
         (x - np.stack([x[labels == c].mean(0) for c in range(sizes["classes"])])[labels]).T
@@ -125,58 +138,85 @@ def _dominant_steps(host, device, sizes) -> dict[str, dict[str, Any]]:
     within += 1e-6 * np.trace(within) / len(within) * np.eye(len(within))
     a = jax.device_put(np.cov(x.T).astype(np.float32))
     b = jax.device_put(within.astype(np.float32))
-    steps = {"sfda": harness.time_jitted(_generalized_eigh, (a, b)).as_dict()}
-    steps["sfda"]["step"] = "D x D generalised eigendecomposition"
+    return {
+        **harness.time_jitted(_generalized_eigh, (a, b)).as_dict(),
+        "step": "D x D generalised eigendecomposition",
+    }
 
+
+def _parc_step(features) -> dict[str, Any]:
+    x = features.astype(np.float64)
     reduced = x[:, :32] - x[:, :32].mean(0)
     reduced = reduced - reduced.mean(1, keepdims=True)
     unit = jax.device_put(
         (reduced / np.linalg.norm(reduced, axis=1, keepdims=True)).astype(np.float32)
     )
-    steps["parc"] = harness.time_jitted(_correlation, (unit,)).as_dict()
-    steps["parc"]["step"] = "N x N correlation (Z Z^T, Z [N, 32])"
+    return {
+        **harness.time_jitted(_correlation, (unit,)).as_dict(),
+        "step": "N x N correlation (Z Z^T, Z [N, 32])",
+    }
 
+
+def _nleep_step(nleep_module, device, sizes) -> dict[str, Any]:
     device_features, _, device_nleep_labels, _ = device
-    scores, num_kept = nleep_module._principal_scores(
+    mean, axes, num_kept = nleep_module._principal_axes(
         device_features, device_nleep_labels, None, sizes["nleep_classes"], 0.8
     )
-    width = nleep_module._bucket(int(num_kept), scores.shape[1])
-    scores = scores[:, :width]
+    width = nleep_module._width(int(num_kept), axes.shape[1])
+    scores = jnp.matmul(device_features - mean, axes[:, :width], precision=_HIGHEST)
     weights = jnp.ones(scores.shape[0], scores.dtype)
     num_components = 5 * sizes["nleep_classes"]
     initial = jax.jit(nleep_module.kmeans_init, static_argnums=3)(
         jax.random.key(0), scores, weights, num_components
     )
+    # Three runs: a full-size EM takes tens of seconds on a loaded 2-core CPU.
     em = harness.time_jitted(
-        nleep_module.fit_gaussian_mixture, (scores, weights, initial, num_kept)
+        nleep_module.fit_gaussian_mixture, (scores, weights, initial, num_kept), min_repeats=3
     )
-    mixture = jax.jit(nleep_module.fit_gaussian_mixture)(scores, weights, initial, num_kept)
-    steps["nleep"] = {
+    mixture = em.result
+    return {
         **em.as_dict(),
         "step": f"EM ({int(mixture.num_iterations)} iterations, {num_components} components, "
         f"{int(num_kept)} principal components kept, width {width})",
         "num_kept": int(num_kept),
         "em_iterations": int(mixture.num_iterations),
     }
-    return steps
 
 
 # ----------------------------------------------------------------------- the run
 
 
+def _selected(config: harness.Config) -> tuple[str, ...]:
+    if config.scores is None:
+        return SCORES
+    unknown = sorted(set(config.scores) - set(SCORES))
+    if unknown:
+        raise ValueError(f"--scores: unknown {unknown}; choose from {', '.join(SCORES)}")
+    return tuple(name for name in SCORES if name in config.scores)
+
+
 def run(config: harness.Config) -> dict[str, Any]:
     info = harness.machine()
     sizes = _sizes(config)
+    names = _selected(config)
     host = _data(**sizes)
     device = tuple(jax.device_put(a) for a in host)
     max_peer_s = config.pick(full=10.0, quick=3.0, tiny=1.0)
-    print(f"[scores] {sizes}", flush=True)
+    print(f"[scores] {sizes}, scores {', '.join(names)}", flush=True)
 
     floor = harness.time_jitted(_floor, (device[0],))
-    steps = _dominant_steps(host, device, sizes)
+    steps = _dominant_steps(host, device, sizes, names)
+    measured = harness.now()
+    for step in steps.values():
+        step["measured"] = measured
     rows = []
-    for name in SCORES:
-        row: dict[str, Any] = {"score": name}
+    for name in names:
+        row: dict[str, Any] = {
+            "score": name,
+            "measured": measured,
+            "floor_s": floor.median_s,
+            "load_average": list(os.getloadavg()),
+        }
         call = _ours(name, device, sizes)
         if call is None:
             print(f"[scores] {name}: not in the installed leep_jax, skipped", flush=True)
@@ -211,6 +251,13 @@ def run(config: harness.Config) -> dict[str, Any]:
         print(f"[scores] {name}: {_brief(row)}", flush=True)
         rows.append(row)
 
+    this_run = {
+        "finished": harness.now(),
+        "machine": info,
+        "floor_s": floor.median_s,
+        "scores": list(names),
+    }
+    rows, steps, runs = _merge_previous(config, sizes, rows, steps, this_run)
     summary = {
         "sizes": sizes,
         "floor_s": floor.median_s,
@@ -219,6 +266,7 @@ def run(config: harness.Config) -> dict[str, Any]:
         "over_dominant_step": {
             r["score"]: r["over_dominant_step"] for r in rows if "over_dominant_step" in r
         },
+        "measured": {r["score"]: r["measured"] for r in rows},
         "skipped": [r["score"] for r in rows if "skipped" in r],
         "targets_met": all(
             r.get("floor_target_met", True) and r.get("peer_target_met", True)
@@ -231,12 +279,44 @@ def run(config: harness.Config) -> dict[str, Any]:
         "sizes": sizes,
         "floor": {**floor.as_dict(), "step": "F^T F + eigh(D x D)"},
         "dominant_steps": steps,
+        "runs": runs,
         "rows": rows,
         "summary": summary,
     }
-    harness.write_result(config, NAME, payload, _markdown(rows, sizes, floor, steps, info, config))
+    harness.write_result(config, NAME, payload, _markdown(rows, sizes, steps, runs, config))
     harness.update_summary(config, NAME, {**summary, "machine": info})
     return summary
+
+
+def _merge_previous(config, sizes, rows, steps, this_run):
+    """With ``--scores``: the other scores' rows, steps and runs from the existing
+    ``scores.json`` (same mode and sizes), each row keeping its own date and floor."""
+    path = config.out_dir / f"{NAME}.json"
+    if config.scores is None or not path.exists():
+        return rows, steps, [this_run]
+    previous = json.loads(path.read_text())
+    if previous.get("mode") != config.mode or previous.get("sizes") != sizes:
+        print(f"[scores] {path} has other sizes: not merged", flush=True)
+        return rows, steps, [this_run]
+    runs = previous.get("runs") or [
+        {
+            "finished": previous["finished"],
+            "machine": previous["machine"],
+            "floor_s": previous["floor"]["median_s"],
+            "scores": [r["score"] for r in previous["rows"]],
+        }
+    ]
+    old_rows = {}
+    for row in previous["rows"]:
+        row.setdefault("measured", previous["finished"])
+        row.setdefault("floor_s", previous["floor"]["median_s"])
+        old_rows[row["score"]] = row
+    old_steps = previous.get("dominant_steps", {})
+    for step in old_steps.values():
+        step.setdefault("measured", previous["finished"])
+    new_rows = {row["score"]: row for row in rows}
+    merged = [new_rows.get(name) or old_rows.get(name) for name in SCORES]
+    return [r for r in merged if r is not None], {**old_steps, **steps}, [*runs, this_run]
 
 
 def _brief(row) -> str:
@@ -251,11 +331,11 @@ def _met(value) -> str:
     return "" if value is None else ("met" if value else "missed")
 
 
-def _markdown(rows, sizes, floor, steps, info, config) -> str:
+def _markdown(rows, sizes, steps, runs, config) -> str:
     table = []
     for r in rows:
         if "skipped" in r:
-            table.append([r["score"], r["skipped"]] + [None] * 9)
+            table.append([r["score"], r["skipped"]] + [None] * 10)
             continue
         table.append(
             [
@@ -270,6 +350,7 @@ def _markdown(rows, sizes, floor, steps, info, config) -> str:
                 r.get("peer_value"),
                 _met(r.get("floor_target_met")),
                 _met(r.get("peer_target_met")),
+                r["measured"][:16].replace("T", " "),
             ]
         )
     headers = [
@@ -284,23 +365,38 @@ def _markdown(rows, sizes, floor, steps, info, config) -> str:
         "peer value",
         "<= 2x floor",
         "faster than peer",
+        "measured (UTC)",
+    ]
+    run_lines = [
+        f"- {run['finished'][:16].replace('T', ' ')} UTC: {', '.join(run['scores'])}; "
+        f"{harness.machine_line(run['machine'])}; floor (F^T F + eigh(D x D)) "
+        f"{run['floor_s'] * 1e3:.1f} ms"
+        for run in runs
     ]
     step_lines = [
-        f"- {name}: {step['step']}, {step['median_s'] * 1e3:.1f} ms" for name, step in steps.items()
+        f"- {name}: {step['step']}, {step['median_s'] * 1e3:.1f} ms "
+        f"(measured {step['measured'][:16].replace('T', ' ')})"
+        for name, step in steps.items()
     ]
     return (
         "\n".join(
             [
                 f"# scores ({config.mode})",
                 "",
-                f"Machine: {harness.machine_line(info)}.",
-                "",
                 f"N = {sizes['n']}, D = {sizes['dims']}, C = {sizes['classes']} (NLEEP: C = "
                 f"{sizes['nleep_classes']}, 5 components per class), float32 features on the "
                 "device; each leep-jax score called as users call it (defaults, validation "
-                "included), median of at least 5 warm runs, compile apart; the peer-style "
-                "NumPy / scikit-learn versions (`peers_features.py`) on the host CPU. Floor: "
-                f"F^T F + eigh(D x D), {floor.median_s * 1e3:.1f} ms. Dominant steps:",
+                "included), median of at least 5 warm runs (one run where a call takes over "
+                "a minute), compile apart; the peer-style NumPy / scikit-learn versions "
+                "(`peers_features.py`) on the host CPU (one run where it takes over 10 s). "
+                "Each row's peer, floor and dominant step come from the same run as the row "
+                "(its date in the last column); `x floor` divides by that run's floor.",
+                "",
+                "Runs (`--scores` re-measures some scores and keeps the others):",
+                "",
+                *run_lines,
+                "",
+                "Dominant steps:",
                 "",
                 *step_lines,
                 "",

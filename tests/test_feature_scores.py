@@ -273,7 +273,10 @@ def test_vmap_over_a_zoo_matches_loop_and_jit_matches_eager():
         vmapped = np.asarray(jax.vmap(lambda f, s=score: s(f, labels, C))(zoo))
         np.testing.assert_allclose(vmapped, loop, rtol=1e-5, err_msg=name)
         jitted = float(jax.jit(lambda f, y, s=score: s(f, y, C))(zoo[0], labels))
-        np.testing.assert_allclose(jitted, loop[0], rtol=1e-6, err_msg=name)
+        # TransRate with traced labels sums D x D class Grams (eager calls: Z Z^T blocks),
+        # so the float32 rounding differs.
+        rtol = 2e-5 if name == "transrate" else 1e-6
+        np.testing.assert_allclose(jitted, loop[0], rtol=rtol, err_msg=name)
     targets = np.stack([labels, labels**2], axis=1).astype(np.float32)
     loop = np.array([float(leep_jax.logme_regression(f, targets)) for f in zoo])
     vmapped = np.asarray(jax.vmap(lambda f: leep_jax.logme_regression(f, targets))(zoo))

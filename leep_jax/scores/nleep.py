@@ -38,8 +38,8 @@ class GaussianMixture(NamedTuple):
     num_iterations: jax.Array  # i32[]
 
 
-def principal_scores(features, weights, variance_fraction):
-    """Scores on all principal axes by decreasing variance, ``[n, D]``, and how many to keep.
+def principal_axes(features, weights, variance_fraction):
+    """Mean ``[D]``, principal axes ``[D, D]`` by decreasing variance, and how many to keep.
 
     ``num_kept`` is scikit-learn's ``PCA(n_components=variance_fraction)`` choice: the
     fewest leading axes whose explained-variance ratio sums to more than the fraction.
@@ -52,7 +52,7 @@ def principal_scores(features, weights, variance_fraction):
     eigenvalues = jnp.maximum(eigenvalues[::-1], 0)
     ratio = jnp.cumsum(eigenvalues) / jnp.sum(eigenvalues)
     num_kept = jnp.minimum(jnp.sum(ratio <= variance_fraction) + 1, features.shape[1])
-    return _matmul(centered, eigenvectors[:, ::-1]), num_kept.astype(jnp.int32)
+    return mean, eigenvectors[:, ::-1], num_kept.astype(jnp.int32)
 
 
 def _component_map(fn, xs, num_rows, dims):
@@ -215,10 +215,13 @@ def fit_gaussian_mixture(x, weights, initial_means, num_kept=None) -> GaussianMi
 
 
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "num_components"))
-def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_components):
+def _nleep(features, mean, axes, num_kept, labels, mask, key, num_target_classes, num_components):
     valid = ops.valid_rows(labels, num_target_classes, mask)
-    weights = valid.astype(scores.dtype)
-    kept = jnp.arange(scores.shape[1]) < num_kept
+    features = _valid_features(features, valid)
+    weights = valid.astype(features.dtype)
+    # Only the axes kept (rounded up) are projected on: N D width, not N D^2.
+    scores = _matmul(features - mean[None, :], axes)
+    kept = jnp.arange(axes.shape[1]) < num_kept
     scores = jnp.where(valid[:, None] & kept[None, :], scores, 0)
     initial_means = kmeans_init(key, scores, weights, num_components)
     mixture = fit_gaussian_mixture(scores, weights, initial_means, num_kept)
@@ -237,21 +240,21 @@ def _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_componen
     return score, (scores, initial_means, log_posteriors, mixture.num_iterations)
 
 
+def _valid_features(features, valid):
+    return jnp.where(valid[:, None], features.astype(accumulation_dtype(features.dtype)), 0)
+
+
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "variance_fraction"))
-def _principal_scores(features, labels, mask, num_target_classes, variance_fraction):
+def _principal_axes(features, labels, mask, num_target_classes, variance_fraction):
     valid = ops.valid_rows(labels, num_target_classes, mask)
-    features = jnp.where(valid[:, None], features.astype(accumulation_dtype(features.dtype)), 0)
-    return principal_scores(features, valid.astype(features.dtype), variance_fraction)
+    features = _valid_features(features, valid)
+    return principal_axes(features, valid.astype(features.dtype), variance_fraction)
 
 
-def _bucket(num_kept: int, limit: int) -> int:
-    """The smallest of 1, 2, 3, 4, 6, 8, 12, ... (``2^j``, ``3 * 2^(j-1)``) >= num_kept,
-    capped at ``limit``: at most 1.5x the kept columns, few distinct compiled widths."""
-    width = 1
-    while width < num_kept:
-        is_power_of_two = width & (width - 1) == 0
-        width = width * 3 // 2 if is_power_of_two and width >= 2 else 1 << width.bit_length()
-    return min(width, limit)
+def _width(num_kept: int, limit: int) -> int:
+    """Columns EM runs on for ``num_kept`` kept axes: :func:`ops.size_bucket` in quarter
+    octaves (at most 1.25x; EM's work grows with the width squared), at most ``limit``."""
+    return ops.size_bucket(num_kept, limit, fine=True)
 
 
 def nleep(
@@ -281,10 +284,11 @@ def nleep(
     many times. Random only through ``key`` (k-means++ seeding).
 
     Eager calls compute the PCA first, read the number of kept components and run EM on
-    that many columns rounded up to the next ``2^j`` or ``3 * 2^(j-1)`` (one compile per
-    such width); traced calls (inside ``jit``) run on all ``feature_dim`` columns with
-    the extra ones zero. Both give the same mixture: zero columns with variance
-    ``reg_covar`` add the same constant to every component's log-density.
+    that many columns rounded up by at most 1.25x (to ..., 64, 80, 96, 112, 128, ...;
+    one compile per such width; EM's work grows with the width squared); traced calls
+    (inside ``jit``) run on all ``feature_dim`` columns with the extra ones zero. Both
+    give the same mixture: zero columns with variance ``reg_covar`` add the same
+    constant to every component's log-density.
 
     Differences from the peer: it takes ``5 K`` components for the ``K`` classes
     present; here ``num_target_classes`` fixes the count. It has no log in its LEEP.
@@ -357,9 +361,11 @@ def _fit(
             f"({components_per_class} x {num_target_classes} = {num_components}), "
             f"got {features.shape[0]}"
         )
-    scores, num_kept = _principal_scores(
+    mean, axes, num_kept = _principal_axes(
         features, labels, mask, num_target_classes, float(pca_variance)
     )
-    if is_concrete(scores, key):
-        scores = scores[:, : _bucket(int(num_kept), scores.shape[1])]
-    return _nleep(scores, num_kept, labels, mask, key, num_target_classes, num_components)
+    if is_concrete(axes, key):
+        axes = axes[:, : _width(int(num_kept), axes.shape[1])]
+    return _nleep(
+        features, mean, axes, num_kept, labels, mask, key, num_target_classes, num_components
+    )

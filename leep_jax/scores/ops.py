@@ -298,3 +298,19 @@ def softmax_sum_into(
         return table, shift, log_total
 
     return jax.lax.platform_dependent(table, logits, index, cpu=blocked, default=whole)
+
+
+def size_bucket(size: int, limit: int | None = None, *, fine: bool = False) -> int:
+    """The smallest of 1, 2, 3, 4, 6, 8, 12, ... (``2^j``, ``3 * 2^(j-1)``) ``>= size``.
+
+    A static size for data-dependent ones (kept columns, rows of a class), computed on
+    the host: at most 1.5x the size, and few distinct values, so few compiled shapes.
+    ``fine`` steps by quarter octaves instead (..., 64, 80, 96, 112, 128, ...: at most
+    1.25x the size, twice as many values), for work that grows with the size squared.
+    Capped at ``limit`` when given.
+    """
+    per_octave = 4 if fine else 2
+    width = 1
+    while width < size:
+        width += max(1, (1 << (width.bit_length() - 1)) // per_octave)
+    return width if limit is None else min(width, limit)
