@@ -11,7 +11,7 @@ from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
 from leep_jax.scores.leep import leep
-from leep_jax.scores.validation import accumulation_dtype, is_concrete, validate
+from leep_jax.scores.validation import accumulation_dtype, is_concrete, validate_features
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # scikit-learn's GaussianMixture and KMeans defaults.
@@ -345,14 +345,8 @@ def _fit(
         raise ValueError(f"components_per_class must be >= 1, got {components_per_class!r}")
     if not 0 < float(pca_variance) <= 1:
         raise ValueError(f"pca_variance must lie in (0, 1], got {pca_variance!r}")
-    features, labels, mask, num_target_classes = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=check,
+    features, labels, mask, num_target_classes = validate_features(
+        features, labels, num_target_classes, mask, check=check
     )
     num_components = int(components_per_class) * num_target_classes
     if features.shape[0] < num_components:

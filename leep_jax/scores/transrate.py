@@ -19,7 +19,7 @@ from leep_jax.scores.feature_sums import (
     symmetric,
     valid_mean,
 )
-from leep_jax.scores.validation import is_concrete, validate
+from leep_jax.scores.validation import is_concrete, validate_features
 
 
 class TransRateSums(NamedTuple):
@@ -304,15 +304,7 @@ def transrate(
     """
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    arrays = validate(
-        "features",
-        features,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=False,
-        check=validate_inputs,
-    )
+    arrays = validate_features(features, labels, num_target_classes, mask, check=validate_inputs)
     features, labels, mask, num_target_classes = arrays
     blocks = None
     if is_concrete(labels, mask):
