@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from leep_jax.experiments import statistics, tables
+from leep_jax.experiments import learning_rates, statistics, tables
 from leep_jax.experiments.report import write_report
 from leep_jax.experiments.results import Results, read_results, write_json_atomic
 from leep_jax.experiments.rows import Rq4Row, TaskRow, jsonable
@@ -423,12 +423,19 @@ def partial_results() -> Results:
         config=config,
         duration_s=12.0,
         zoo=ZOO,
-        lr_selection={
-            PAIR: {"tried": [0.01, 0.05], "validation_accuracy": [0.8, 0.9], "chosen": 0.05}
-        },
+        lr_selection={PAIR: {"fine_tune": _lr_search((0.01, 0.05), [[0.8, 0.7], [0.9, 0.95]])}},
         tasks=tasks + small,
         rq4_rows=rows,
     )
+
+
+def _lr_search(grid, accuracy):
+    """A finished learning-rate search as the runner records it."""
+    entry = learning_rates.new_entry(grid, len(accuracy[0]))
+    for r, runs in enumerate(accuracy):
+        for t, value in enumerate(runs):
+            learning_rates.record_run(entry, r, t, value)
+    return entry
 
 
 def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_path):
@@ -440,8 +447,8 @@ def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_pa
     second = write_report(results, again)  # the run's own rows, as in memory
     assert second.read_text() == first
     assert "INCOMPLETE" in first and "CNAPs" in first
-    chosen = f"- `{PAIR}`: tried: [0.01, 0.05]; validation_accuracy: [0.8, 0.9]; chosen: 0.05"
-    assert chosen in first  # the learning-rate selection, as stored
+    chosen = f"| `{PAIR}` | fine_tune | 0.01: 0.750, 0.05: 0.925 | 0.05 |"
+    assert chosen in first  # the learning-rate search: mean validation accuracy, choice
     assert "Pairs without rows yet: `fashion_mnist_rot4->digits`." in first
     summary = statistics.summarize(results.tasks, [PAIR], [LARGE, "small_noisy"])
     entry = summary[PAIR][LARGE]
