@@ -122,6 +122,14 @@ class _Run:
     session: int
     bar: tqdm
     progress: bool
+    # Models by spec name: phase 1 and phase 2 use the same sources, loaded once.
+    models: dict[str, nnx.Module] = dataclasses.field(default_factory=dict)
+
+    def _model(self, spec: SourceSpec, what: str) -> nnx.Module:
+        if spec.name not in self.models:
+            self.bar.set_postfix_str(f"{what} {spec.name}")
+            self.models[spec.name] = train_source_model(spec, progress=self.progress)
+        return self.models[spec.name]
 
     def model_info(self, spec: SourceSpec) -> dict[str, Any]:
         metadata = source_metadata(spec) or {}
@@ -130,14 +138,12 @@ class _Run:
     def source(self, pair: Pair) -> nnx.Module:
         """The pair's source model (trained or loaded), its metadata recorded."""
         spec = source_spec(self.config, pair.source)
-        self.bar.set_postfix_str(f"source {spec.name}")
-        model = train_source_model(spec, progress=self.progress)
+        model = self._model(spec, "source")
         self.results.sources.setdefault(str(pair), {}).update(self.model_info(spec))
         return model
 
     def zoo_model(self, spec: SourceSpec) -> nnx.Module:
-        self.bar.set_postfix_str(f"zoo {spec.name}")
-        model = train_source_model(spec, progress=self.progress)
+        model = self._model(spec, "zoo")
         self.results.zoo[spec.name] = self.model_info(spec)
         return model
 
@@ -493,25 +499,25 @@ def run_experiment(
             *(_pair_work(run, pair) for pair in config.parsed_pairs), _rq4_work(run)
         ),
     ]
-    budget = [max_new_tasks]
+    budget = max_new_tasks  # work items left to compute (None: no limit)
     try:
         save()
         for phase in phases:
             work = phase()
-            if budget[0] is not None:
-                work = itertools.islice(work, budget[0])
+            if budget is not None:
+                work = itertools.islice(work, budget)
             for store, value in _computed(work, workers):
                 store(value)
                 is_row = isinstance(value, TaskRow | Rq4Row)
                 done.update([value.id] if is_row else _lr_done(results))
                 session.new_tasks += 1
-                if budget[0] is not None:
-                    budget[0] -= 1
+                if budget is not None:
+                    budget -= 1
                 save()
                 bar.update(1)
                 if is_row and on_task is not None:
                     on_task(value)
-            if budget[0] == 0 or any(
+            if budget == 0 or any(
                 entry["chosen"] is None
                 for entries in results.lr_selection.values()
                 for entry in entries.values()
