@@ -11,6 +11,7 @@ MODULES = [
     "leep_jax.streaming.accumulators",
     "leep_jax.models.common",
     "leep_jax.experiments.statistics",
+    "leep_jax.experiments.selection",
 ]
 
 

@@ -21,7 +21,7 @@ import scipy.stats
 
 import leep_jax
 from leep_jax.cli.main import main
-from leep_jax.experiments import figures, pools, statistics, tables
+from leep_jax.experiments import figures, pools, selection, tables
 from leep_jax.experiments.config import REGIMES, ExperimentConfig, source_spec
 from leep_jax.experiments.measure import task_scores
 from leep_jax.experiments.pairs import parse_pair, parse_slice
@@ -480,7 +480,7 @@ def test_report_and_figures_written(run_a):
         quoted = f"LEEP r {tables.r_text(leep['pearson_r'], leep['p_value'])}"
         assert f"RQ1, `{pair}`" in glance and quoted in glance
     weighted = results["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau"]
-    assert f"LEEP {tables.estimate_text(statistics.Estimate(**weighted))}" in glance
+    assert f"LEEP {tables.estimate_text(selection.Estimate(**weighted))}" in glance
     pngs = sorted(p.name for p in out.glob("*.png"))
     for pair in PAIRS:
         for regime in TASKS:

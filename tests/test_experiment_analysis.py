@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from leep_jax.experiments import learning_rates, statistics, tables
+from leep_jax.experiments import learning_rates, selection, statistics, tables
 from leep_jax.experiments.report import write_report
 from leep_jax.experiments.results import Results, read_results, write_json_atomic
 from leep_jax.experiments.rows import Rq4Row, TaskRow, jsonable
@@ -287,7 +287,7 @@ def test_selection_per_task_matches_scipy_and_the_zoo_baselines():
     rows = [
         r for r in rows if not (r.target == "digits" and r.task_index == 5 and r.model == "m-c")
     ]
-    got = statistics.selection(rows, ZOO, seed=0)
+    got = selection.selection(rows, ZOO, seed=0)
     assert got.models == list(MODELS) and got.incomplete_tasks == 1
     assert len(got.per_task) == 8 and got.n_rows == len(rows)
     assert got.at_chance == {"fine_tune": 0, "retrain_head": 2}
@@ -336,7 +336,7 @@ def test_selection_leaves_out_methods_with_an_undefined_value():
         for r in rows
     ]
     zoo = {m: {k: v for k, v in info.items() if k != "num_params"} for m, info in ZOO.items()}
-    got = statistics.selection(rows, zoo)
+    got = selection.selection(rows, zoo)
     assert got.all["parc"]["fine_tune"].n_tasks == 2
     assert got.all["num_params"]["fine_tune"].n_tasks == 0
     assert got.all["num_params"]["fine_tune"].weighted_tau.mean is None
@@ -347,7 +347,7 @@ def test_selection_leaves_out_methods_with_an_undefined_value():
 def test_tied_top_scores_count_as_a_random_pick_among_them():
     rows = rq4_rows(np.random.default_rng(15), 2)
     zoo = {m: dict(info, num_params=1000) for m, info in ZOO.items()}  # every model ties
-    got = statistics.selection(rows, zoo)
+    got = selection.selection(rows, zoo)
     for entry in got.per_task:
         pick = entry["methods"]["num_params"]["fine_tune"]
         accuracy = np.array(list(entry["accuracy"]["fine_tune"].values()))
@@ -358,14 +358,14 @@ def test_tied_top_scores_count_as_a_random_pick_among_them():
 
 
 def test_selection_without_rows():
-    got = statistics.selection([], {})
+    got = selection.selection([], {})
     assert got.per_task == [] and got.models == [] and got.all["leep"]["fine_tune"].n_tasks == 0
     json.dumps(jsonable(got), allow_nan=False)
 
 
 def test_paired_test_of_leep_matches_scipy_wilcoxon():
     rows = rq4_rows(np.random.default_rng(10), 12)
-    got = statistics.selection(rows, ZOO, seed=3)
+    got = selection.selection(rows, ZOO, seed=3)
     for truth in ("fine_tune", "retrain_head"):
         leep = np.array([e["methods"]["leep"][truth].weighted_tau for e in got.per_task])
         other = np.array([e["methods"]["logme"][truth].weighted_tau for e in got.per_task])
@@ -383,16 +383,16 @@ def test_paired_test_of_leep_matches_scipy_wilcoxon():
 @pytest.mark.parametrize("n", [2, 7, 40])
 def test_bootstrap_interval_holds_the_mean_and_is_seeded(n):
     values = np.random.default_rng(n).normal(size=n)
-    first = statistics.bootstrap_mean(values, seed=11)
-    assert first == statistics.bootstrap_mean(values, seed=11)  # deterministic
+    first = selection.bootstrap_mean(values, seed=11)
+    assert first == selection.bootstrap_mean(values, seed=11)  # deterministic
     if n > 2:  # two values: the interval is always their range
-        assert first != statistics.bootstrap_mean(values, seed=12)
+        assert first != selection.bootstrap_mean(values, seed=12)
     assert first.n == n and first.mean == pytest.approx(values.mean(), rel=1e-12)
     assert first.low <= first.mean <= first.high
     if n == 40:  # close to the normal interval for a mean of 40 values
         half = 1.96 * values.std(ddof=1) / math.sqrt(n)
         assert (first.high - first.low) / 2 == pytest.approx(half, rel=0.15)
-    constant = statistics.bootstrap_mean([0.5] * n)
+    constant = selection.bootstrap_mean([0.5] * n)
     assert constant.low == constant.mean == constant.high == 0.5
 
 
@@ -455,7 +455,7 @@ def test_report_of_a_partial_run_is_byte_stable_and_quotes_the_statistics(tmp_pa
     leep = entry.correlations["leep"]["fine_tune"]
     assert tables.r_text(leep.partial_r, leep.partial_p) in first
     assert f"{entry.n_tasks} ({entry.n_rows} rows)" in first  # the repeated task, merged
-    rq4 = statistics.selection(results.rq4_rows, results.zoo)
+    rq4 = selection.selection(results.rq4_rows, results.zoo)
     assert rq4.incomplete_tasks == 1 and len(rq4.per_task) == 3
     assert tables.estimate_text(rq4.all["leep"]["fine_tune"].weighted_tau) in first
     assert "| RQ4 | all targets | 18 | 1 | 0 | – |" in first  # one head re-training at chance
@@ -485,7 +485,7 @@ def test_runner_refresh_stores_json_summaries(tmp_path):
     assert stored["summary"][PAIR][LARGE]["n_rows"] == 10
     assert stored["rq4"]["summary"]["incomplete_tasks"] == 1
     leep = stored["rq4"]["summary"]["all"]["leep"]["fine_tune"]["weighted_tau"]
-    expected = statistics.selection(results.rq4_rows, results.zoo).all["leep"]["fine_tune"]
+    expected = selection.selection(results.rq4_rows, results.zoo).all["leep"]["fine_tune"]
     assert leep == expected.weighted_tau.to_json()
     assert read_results(tmp_path).tasks == results.tasks
 

@@ -6,8 +6,9 @@
   recipes), :mod:`.pools` (target pools and their tasks), :mod:`.measure` (one task's
   scores and transfer accuracies as a typed row of :mod:`.rows`), :mod:`.results`
   (``results.json``: load, atomic write, resume), :mod:`.runner` (`run_experiment`),
-  :mod:`.statistics` (correlations, rank agreement), :mod:`.figures`, :mod:`.tables`
-  and :mod:`.report` (``report.md``).
+  :mod:`.statistics` (RQ1-RQ3: correlations, convergence), :mod:`.selection` (RQ4:
+  rank agreement, source selection), :mod:`.figures`, :mod:`.tables` and
+  :mod:`.report` (``report.md``).
 
 Nothing is imported here, so loading one experiment never pulls in the others.
 """

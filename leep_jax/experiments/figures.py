@@ -13,17 +13,15 @@ import numpy as np
 
 from leep_jax.experiments.labels import LABELS, METHOD_LABELS
 from leep_jax.experiments.results import Results
+from leep_jax.experiments.selection import SELECTION_METHODS, Selection, selection
 from leep_jax.experiments.statistics import (
     CORRELATED_METHODS,
     CORRELATED_SCORES,
     PAPER_SCORES,
-    SELECTION_METHODS,
-    Selection,
     TaskPoint,
     correlation,
     distinct_tasks,
     rows_by,
-    selection,
 )
 
 __all__ = ["slug", "write_figures"]

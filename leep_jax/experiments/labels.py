@@ -18,7 +18,7 @@ SHORT_METHOD_LABELS = {
     "gain": "ft − scratch",
 }
 
-# Every score and baseline a table or figure names (`leep_jax.experiments.statistics`).
+# Every score and baseline a table or figure names (`statistics`, `selection`).
 LABELS: dict[str, str] = {
     **SCORE_LABELS,
     "class_count": "class count",

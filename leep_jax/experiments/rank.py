@@ -32,7 +32,8 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from leep_jax.data.task import Task, TaskArrays
-from leep_jax.experiments.statistics import finite_or_none, rank_agreement
+from leep_jax.experiments.selection import rank_agreement
+from leep_jax.experiments.statistics import finite_or_none
 from leep_jax.models.zoo_scores import ZooStrategy, score_zoo
 from leep_jax.scores.names import SCORE_LABELS, SCORE_NAMES, ScoreName
 from leep_jax.transfer.methods import Method, fine_tune, retrain_head

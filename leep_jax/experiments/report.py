@@ -1,10 +1,10 @@
 """The experiment's report: ``OUT/report.md`` (and figures) from a `Results`.
 
 Everything here is a function of the results file: the statistics are recomputed from
-its rows (`leep_jax.experiments.statistics`), so a report can be rebuilt from
-``results.json`` alone (``leep-jax experiment --report-only OUT``), byte for byte, and
-a partial run gives a report with fewer rows. The tables are in
-`leep_jax.experiments.tables`, the figures in `leep_jax.experiments.figures`.
+its rows (`leep_jax.experiments.statistics`, `leep_jax.experiments.selection`), so a
+report can be rebuilt from ``results.json`` alone (``leep-jax experiment --report-only
+OUT``), byte for byte, and a partial run gives a report with fewer rows. The tables are
+in `leep_jax.experiments.tables`, the figures in `leep_jax.experiments.figures`.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ from leep_jax.experiments.figures import write_figures
 from leep_jax.experiments.labels import LABELS, METHOD_LABELS
 from leep_jax.experiments.pairs import format_classes
 from leep_jax.experiments.results import Results
+from leep_jax.experiments.selection import Selection, selection
 from leep_jax.experiments.statistics import (
     CORRELATED_METHODS,
     PAPER_SCORES,
     RegimeSummary,
-    Selection,
     convergence,
-    selection,
     summarize,
 )
 from leep_jax.experiments.tables import num_text

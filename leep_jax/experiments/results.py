@@ -2,8 +2,9 @@
 
 `Results` is the whole file: the configuration it was computed with, the run sessions,
 the source and zoo models' metadata, the typed rows (`TaskRow`, `Rq4Row`) and the
-summaries computed from them (`leep_jax.experiments.statistics`; stored for readers of
-the file, recomputed from the rows on every write). The schema's version is the
+summaries computed from them (`leep_jax.experiments.statistics` and
+`leep_jax.experiments.selection`; stored for readers of the file, recomputed from the
+rows on every write). The schema's version is the
 configuration's ``protocol_version`` (`leep_jax.experiments.config.PROTOCOL_VERSION`):
 results of another version are another configuration, and resume refuses them.
 """
@@ -73,12 +74,12 @@ class Results:
       zoo: per zoo model, its metadata (``source_test_accuracy``, ``num_params``, ...).
       lr_selection: per pair (and ``"rq4"``), the learning rates tried on validation
         tasks, their mean validation accuracy and the chosen one
-        (`leep_jax.experiments.selection`).
+        (`leep_jax.experiments.learning_rates`).
       tasks: the RQ1-RQ3 rows.
       summary: RQ1/RQ3 correlations (`statistics.summarize`).
       rq2: RQ2 convergence (`statistics.convergence`).
       rq4_rows: the RQ4 rows.
-      rq4_summary: RQ4 rank agreement (`statistics.selection`).
+      rq4_summary: RQ4 rank agreement (`selection.selection`).
     """
 
     config: dict[str, Any]

@@ -22,7 +22,8 @@ What a run does (protocol version 2, `leep_jax.experiments.config`):
 * **RQ2** (convergence) and the summaries: `leep_jax.experiments.statistics`.
 * **RQ4** (source selection): a zoo of source models scored on tasks of each RQ4
   target and fine-tuned on every one (`leep_jax.experiments.measure.rq4_row`), with
-  the baselines (source accuracy, parameter count, k-nearest-neighbour accuracy).
+  the baselines (source accuracy, parameter count, k-nearest-neighbour accuracy);
+  its statistics: `leep_jax.experiments.selection`.
 
 Everything is seeded (tasks by `numpy.random.SeedSequence`, training by the seeds the
 transfer recipes carry), so the same configuration gives the same numbers.
@@ -80,7 +81,8 @@ from leep_jax.experiments.results import (
     write_json_atomic,
 )
 from leep_jax.experiments.rows import Rq4Row, TaskRow
-from leep_jax.experiments.statistics import convergence, selection, summarize
+from leep_jax.experiments.selection import selection
+from leep_jax.experiments.statistics import convergence, summarize
 from leep_jax.transfer.zoo import SourceSpec, source_metadata, train_source_model
 
 __all__ = ["run_experiment"]

@@ -2,8 +2,8 @@
 
 Each returns the table's lines (or a one-line note when there is nothing to show);
 `leep_jax.experiments.report.write_report` puts them together. They read the typed
-statistics of `leep_jax.experiments.statistics` (computed from the rows of
-results.json), never the stored JSON summaries.
+statistics of `leep_jax.experiments.statistics` and `leep_jax.experiments.selection`
+(computed from the rows of results.json), never the stored JSON summaries.
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import numpy as np
 
 from leep_jax.experiments.labels import LABELS, SHORT_METHOD_LABELS
 from leep_jax.experiments.results import Results
+from leep_jax.experiments.selection import SELECTION_SCORES, Estimate, Selection
 from leep_jax.experiments.statistics import (
     CLASS_COUNT,
     CORRELATED_SCORES,
     PAPER_SCORES,
-    SELECTION_SCORES,
     Correlation,
-    Estimate,
     RegimeSummary,
-    Selection,
     rows_by,
     score_of,
 )
