@@ -12,9 +12,8 @@ from jax.typing import ArrayLike
 from leep_jax.scores import ops
 from leep_jax.scores.validation import (
     accumulation_dtype,
-    prepare,
-    raise_if_flagged,
     reduce_column_checks,
+    score_with_checks,
 )
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -138,13 +137,13 @@ def h_score(
     Raises:
       ValueError: on invalid inputs, as :func:`leep_jax.leep`.
     """
-    features, labels, mask, num_target_classes, check = prepare(
-        "features", features, labels, num_target_classes, mask, check=validate_inputs
+    return score_with_checks(
+        _h_score,
+        "features",
+        features,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=False,
+        check=validate_inputs,
     )
-    if not check:
-        return _h_score(features, labels, mask, num_target_classes)
-    score, flags = _h_score(features, labels, mask, num_target_classes, check=True)
-    raise_if_flagged(
-        flags, "features", features, labels, num_target_classes, mask, probabilities=False
-    )
-    return score
