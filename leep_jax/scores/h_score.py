@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
+from leep_jax.scores.feature_sums import class_sums, gram, shifted_rows
 from leep_jax.scores.validation import (
     accumulation_dtype,
     reduce_column_checks,
@@ -43,29 +44,15 @@ def h_score_sums(
     the feature mean keeps the float32 covariance accurate (it cancels exactly in the
     score); the in-memory :func:`h_score` uses the mean itself.
     """
-    dtype = accumulation_dtype(features.dtype)
     valid = ops.valid_rows(labels, num_target_classes, mask)
-    features = features.astype(dtype)
-    if shift is not None:
-        features = features - shift.astype(dtype)[None, :]
-    centered = jnp.where(valid[:, None], features, 0)
-    outer = jnp.einsum(
-        "nd,ne->de",
-        centered,
-        centered,
-        precision=_HIGHEST,
-        out_sharding=ops.replicated_out_sharding(centered),
-    )
+    rows = shifted_rows(features, valid, shift)
+    sums, counts = class_sums(rows, labels, valid, num_target_classes)
     return HScoreSums(
-        count=jnp.sum(valid, dtype=dtype),
-        feature_sum=jnp.sum(centered, axis=0),
-        outer_sum=outer,
-        class_sum=ops.row_sum_into(
-            (num_target_classes, features.shape[-1]), centered, labels, valid
-        ),
-        class_count=ops.row_sum_into(
-            (num_target_classes,), jnp.ones_like(labels, dtype), labels, valid
-        ),
+        count=jnp.sum(valid, dtype=rows.dtype),
+        feature_sum=jnp.sum(rows, axis=0),
+        outer_sum=gram(rows),
+        class_sum=sums,
+        class_count=counts,
     )
 
 
