@@ -10,6 +10,11 @@ class CLIError(Exception):
     """Bad input or environment detected by a CLI command."""
 
 
+def one_line(error: BaseException) -> str:
+    """``error``'s message with its line breaks and runs of spaces folded into single spaces."""
+    return " ".join(str(error).split())
+
+
 def require_extra(extra: str, modules: Sequence[str], what: str) -> None:
     """Raises `CLIError` naming the extra to install when one of ``modules`` is missing.
 

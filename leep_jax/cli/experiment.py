@@ -29,18 +29,20 @@ from __future__ import annotations
 
 import argparse
 
-from leep_jax.cli.errors import CLIError, require_extra
+from leep_jax.cli.errors import CLIError, one_line, require_extra
+from leep_jax.cli.subcommand import subcommand_parser
 from leep_jax.experiments.config import DEFAULT_PAIRS, ExperimentConfig
 from leep_jax.experiments.pairs import parse_pair
 from leep_jax.experiments.results import ConfigMismatchError, read_results
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = subcommand_parser(
+        subparsers,
         "experiment",
+        __doc__,
         help="reproduce the LEEP paper's experiments (correlations, convergence, selection)",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run,
     )
     parser.add_argument(
         "--quick", action="store_true", help="small smoke-test configuration (minutes)"
@@ -80,7 +82,6 @@ def add_parser(subparsers) -> None:
         metavar="OUT",
         help="rewrite OUT/report.md and the figures from OUT/results.json; run nothing",
     )
-    parser.set_defaults(run=run)
 
 
 def _report_only(out: str) -> int:
@@ -90,7 +91,7 @@ def _report_only(out: str) -> int:
         results = read_results(out)
         path = write_report(results, out)
     except (FileNotFoundError, ValueError) as error:
-        raise CLIError(" ".join(str(error).split())) from None
+        raise CLIError(one_line(error)) from None
     print(path)
     return 0
 
@@ -128,11 +129,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigMismatchError as error:
         raise CLIError(str(error)) from None
     except (FileNotFoundError, ImportError) as error:
-        raise CLIError(" ".join(str(error).split())) from None
+        raise CLIError(one_line(error)) from None
     except ValueError as error:
         # Bad input detected while loading data (e.g. classes out of range for a TFDS
         # dataset); training code raises no ValueError on valid configurations.
-        raise CLIError(" ".join(str(error).split())) from None
+        raise CLIError(one_line(error)) from None
     state = "complete" if results.complete else "incomplete: run again to resume"
     print(
         f"{len(results.tasks)} tasks, {len(results.rq4_rows)} RQ4 runs ({state}); "

@@ -21,7 +21,8 @@ import argparse
 import os
 import sys
 
-from leep_jax.cli.errors import CLIError
+from leep_jax.cli.errors import CLIError, one_line
+from leep_jax.cli.subcommand import subcommand_parser
 from leep_jax.data.target import load_target_task
 from leep_jax.experiments.rank import SCORE_NAMES, VERIFY_METHODS, rank_models
 from leep_jax.transfer import presets
@@ -37,11 +38,12 @@ _IMAGE_SIZE = 28
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = subcommand_parser(
+        subparsers,
         "rank",
+        __doc__,
         help="rank a zoo of source models for a target task by LEEP (with NCE, H-score)",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run,
     )
     task = parser.add_argument_group("target task")
     task.add_argument(
@@ -152,7 +154,6 @@ def add_parser(subparsers) -> None:
         default=None,
         help="progress bars on stderr (default: on when stderr is a terminal)",
     )
-    parser.set_defaults(run=run)
 
 
 def _parse_classes(text: str | None) -> tuple[int, ...] | None:
@@ -193,10 +194,6 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _zoo_specs(zoo_name: str, names: list[str] | None) -> list:
@@ -246,6 +243,6 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise CLIError(_one_line(error)) from error
+        raise CLIError(one_line(error)) from error
     print(result.to_json() if args.json else result.format_table())
     return 0

@@ -22,16 +22,18 @@ import json
 import sys
 from pathlib import Path
 
-from leep_jax.cli.errors import CLIError
+from leep_jax.cli.errors import CLIError, one_line
+from leep_jax.cli.subcommand import subcommand_parser
 from leep_jax.scores.names import SCORE_NAMES
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
+    parser = subcommand_parser(
+        subparsers,
         "sweep",
+        __doc__,
         help="score a zoo of models on several targets into a resumable SQLite file",
-        description=__doc__.replace("``", ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run,
     )
     parser.add_argument("--zoo", metavar="ZOO", help="default, tiny, or a TOML zoo file")
     parser.add_argument(
@@ -88,11 +90,6 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="jax.distributed.initialize() with the cluster's own settings (SLURM, MPI, TPU)",
     )
-    parser.set_defaults(run=run)
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def _metrics(text: str | None) -> tuple[str, ...]:
@@ -103,7 +100,7 @@ def _metrics(text: str | None) -> tuple[str, ...]:
     try:
         return check_score_names([m.strip() for m in text.split(",") if m.strip()])
     except ValueError as error:
-        raise CLIError(f"--metrics: {_one_line(error)}") from None
+        raise CLIError(f"--metrics: {one_line(error)}") from None
 
 
 def _report(args) -> int:
@@ -114,7 +111,7 @@ def _report(args) -> int:
     try:
         store = Store(args.report)
     except StoreError as error:
-        raise CLIError(_one_line(error)) from None
+        raise CLIError(one_line(error)) from None
     with store:
         metrics, table, failures = store.metrics(), store.table(), store.failures()
         if args.metric not in metrics and table:
@@ -181,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         for text in args.target:
             sweep_targets.parse_target(text)
     except ValueError as error:
-        raise CLIError(_one_line(error)) from None
+        raise CLIError(one_line(error)) from None
     exchange = None
     if args.coordinator is not None or args.distributed:
         exchange = sweep.init_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -201,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             argv=sys.argv,
         )
     except (ValueError, FileNotFoundError, ImportError) as error:
-        raise CLIError(_one_line(error)) from None
+        raise CLIError(one_line(error)) from None
     if exchange is not None and exchange.process_index != 0:
         return 0
     if args.csv:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 from flax import nnx
 
 from leep_jax.models.common import (
+    ImageClassifier,
     batch_norm,
     check_constructor_args,
     check_images,
+    check_width,
     conv3x3,
     global_average_pool,
     linear_head,
@@ -19,7 +19,7 @@ from leep_jax.models.common import (
 
 
 @register("small_cnn")
-class SmallCNN(nnx.Module):
+class SmallCNN(ImageClassifier):
     """Three 3x3 conv-BN-ReLU layers (``width``, ``2 * width``, ``4 * width`` channels; the
     last two with stride 2), global average pooling and a linear head.
 
@@ -34,7 +34,7 @@ class SmallCNN(nnx.Module):
         rngs: parameter initialisation keys.
     """
 
-    name: str  # set by @register
+    CONFIG_KEYS = ("num_classes", "in_channels", "width")
 
     def __init__(
         self,
@@ -45,8 +45,7 @@ class SmallCNN(nnx.Module):
         rngs: nnx.Rngs,
     ):
         check_constructor_args(num_classes, in_channels)
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int, got {width!r}")
+        check_width(width)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = width
@@ -60,14 +59,6 @@ class SmallCNN(nnx.Module):
         self.bn3 = batch_norm(4 * width, rngs=rngs)
         self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
-        return {
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "width": self.width,
-        }
-
     def features(self, x: jax.typing.ArrayLike) -> jax.Array:
         """Penultimate features ``[n, 4 * width]`` of NHWC images ``[n, h, w, c]``."""
         x = check_images(x, self.in_channels)
@@ -75,7 +66,3 @@ class SmallCNN(nnx.Module):
         x = nnx.relu(self.bn2(self.conv2(x)))
         x = nnx.relu(self.bn3(self.conv3(x)))
         return global_average_pool(x)
-
-    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        """Logits ``[n, num_classes]`` of NHWC images ``[n, h, w, c]``."""
-        return self.head(self.features(x))

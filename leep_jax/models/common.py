@@ -134,6 +134,32 @@ def check_constructor_args(num_classes: int, in_channels: int) -> None:
         raise ValueError(f"in_channels must be one of {SUPPORTED_CHANNELS}, got {in_channels!r}")
 
 
+def check_width(width: int) -> None:
+    """Raises ValueError unless ``width`` (a channel multiplier) is a positive int."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive int, got {width!r}")
+
+
+class ImageClassifier(nnx.Module):
+    """The part of the :class:`SourceModel` contract every built-in model shares.
+
+    A subclass builds ``head`` and defines ``features``; ``model(x)`` is
+    ``head(features(x))``, and ``config()`` reads the attributes named in
+    ``CONFIG_KEYS`` (its constructor's keyword arguments except ``rngs``).
+    """
+
+    name: str  # set by @register
+    CONFIG_KEYS: tuple[str, ...] = ("num_classes", "in_channels")
+
+    def config(self) -> dict[str, Any]:
+        """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
+        return {key: getattr(self, key) for key in self.CONFIG_KEYS}
+
+    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
+        """Logits ``[n, num_classes]`` of NHWC images ``[n, h, w, c]``."""
+        return self.head(self.features(x))
+
+
 def conv3x3(in_features: int, out_features: int, *, strides: int = 1, rngs: nnx.Rngs) -> nnx.Conv:
     """3x3 convolution without bias (a BatchNorm follows) and PyTorch's padding of 1."""
     return nnx.Conv(

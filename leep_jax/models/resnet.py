@@ -7,16 +7,16 @@ References:
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from leep_jax.models.common import (
+    ImageClassifier,
     batch_norm,
     check_constructor_args,
     check_images,
+    check_width,
     conv3x3,
     conv_kernel_init,
     global_average_pool,
@@ -101,7 +101,7 @@ def _stage(
 
 
 @register("resnet20")
-class ResNet20(nnx.Module):
+class ResNet20(ImageClassifier):
     """The CIFAR ResNet20: a 3x3 stem, 3 stages of 3 basic blocks, global pooling, linear.
 
     Stages have ``16, 32, 64`` channels (times ``width``); the second and third start
@@ -118,7 +118,7 @@ class ResNet20(nnx.Module):
         rngs: parameter initialisation keys.
     """
 
-    name: str  # set by @register
+    CONFIG_KEYS = ("num_classes", "in_channels", "width", "projection_shortcut")
 
     def __init__(
         self,
@@ -130,8 +130,7 @@ class ResNet20(nnx.Module):
         rngs: nnx.Rngs,
     ):
         check_constructor_args(num_classes, in_channels)
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width must be a positive int, got {width!r}")
+        check_width(width)
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.width = width
@@ -147,15 +146,6 @@ class ResNet20(nnx.Module):
         self.stage3 = _stage(channels[1], channels[2], 3, strides=2, shortcut=shortcut, rngs=rngs)
         self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
-        return {
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "width": self.width,
-            "projection_shortcut": self.projection_shortcut,
-        }
-
     def features(self, x: jax.typing.ArrayLike) -> jax.Array:
         """Penultimate features ``[n, feature_dim]`` of NHWC images ``[n, h, w, c]``."""
         x = check_images(x, self.in_channels)
@@ -165,13 +155,9 @@ class ResNet20(nnx.Module):
                 x = block(x)
         return global_average_pool(x)
 
-    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        """Logits ``[n, num_classes]`` of NHWC images ``[n, h, w, c]``."""
-        return self.head(self.features(x))
-
 
 @register("resnet18")
-class ResNet18(nnx.Module):
+class ResNet18(ImageClassifier):
     """The ImageNet ResNet18, laid out like torchvision's ``resnet18``.
 
     A 7x7 stride-2 stem and a 3x3 stride-2 max-pool, then 4 stages of 2 basic blocks
@@ -188,7 +174,7 @@ class ResNet18(nnx.Module):
         rngs: parameter initialisation keys.
     """
 
-    name: str  # set by @register
+    CONFIG_KEYS = ("num_classes", "in_channels", "small_inputs")
 
     def __init__(
         self,
@@ -232,14 +218,6 @@ class ResNet18(nnx.Module):
         self.stages = nnx.List(stages)
         self.head = linear_head(self.feature_dim, num_classes, rngs=rngs)
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (except ``rngs``) that rebuild this architecture."""
-        return {
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "small_inputs": self.small_inputs,
-        }
-
     def features(self, x: jax.typing.ArrayLike) -> jax.Array:
         """Penultimate features ``[n, 512]`` of NHWC images ``[n, h, w, c]``."""
         x = check_images(x, self.in_channels)
@@ -250,7 +228,3 @@ class ResNet18(nnx.Module):
             for block in stage:
                 x = block(x)
         return global_average_pool(x)
-
-    def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
-        """Logits ``[n, num_classes]`` of NHWC images ``[n, h, w, c]``."""
-        return self.head(self.features(x))

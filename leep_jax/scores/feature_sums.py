@@ -1,8 +1,8 @@
 """Building blocks of the feature-based scores: masked, shifted, mergeable sums.
 
-The feature scores (LogME, regularized H-score, TransRate, GBC) are functions of a few
-sums over examples: counts, feature sums, Gram matrices, per-class sums. Summing
-``f - shift`` instead of ``f``, with ``shift`` near the mean, keeps the float32
+The feature scores (H-score, LogME, regularized H-score, TransRate, GBC) are functions
+of a few sums over examples: counts, feature sums, Gram matrices, per-class sums.
+Summing ``f - shift`` instead of ``f``, with ``shift`` near the mean, keeps the float32
 covariances ``S/n - m m^T`` accurate (the shift cancels exactly in every score). Every
 sum here is replicated over a mesh its rows are sharded on, so the scores give the
 unsharded result on sharded inputs.

@@ -10,11 +10,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
+from leep_jax.scores.feature_sums import class_sums, gram, shifted_rows
 from leep_jax.scores.validation import (
     accumulation_dtype,
-    prepare,
-    raise_if_flagged,
     reduce_column_checks,
+    score_with_checks,
 )
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -44,29 +44,15 @@ def h_score_sums(
     the feature mean keeps the float32 covariance accurate (it cancels exactly in the
     score); the in-memory :func:`h_score` uses the mean itself.
     """
-    dtype = accumulation_dtype(features.dtype)
     valid = ops.valid_rows(labels, num_target_classes, mask)
-    features = features.astype(dtype)
-    if shift is not None:
-        features = features - shift.astype(dtype)[None, :]
-    centered = jnp.where(valid[:, None], features, 0)
-    outer = jnp.einsum(
-        "nd,ne->de",
-        centered,
-        centered,
-        precision=_HIGHEST,
-        out_sharding=ops.replicated_out_sharding(centered),
-    )
+    rows = shifted_rows(features, valid, shift)
+    sums, counts = class_sums(rows, labels, valid, num_target_classes)
     return HScoreSums(
-        count=jnp.sum(valid, dtype=dtype),
-        feature_sum=jnp.sum(centered, axis=0),
-        outer_sum=outer,
-        class_sum=ops.row_sum_into(
-            (num_target_classes, features.shape[-1]), centered, labels, valid
-        ),
-        class_count=ops.row_sum_into(
-            (num_target_classes,), jnp.ones_like(labels, dtype), labels, valid
-        ),
+        count=jnp.sum(valid, dtype=rows.dtype),
+        feature_sum=jnp.sum(rows, axis=0),
+        outer_sum=gram(rows),
+        class_sum=sums,
+        class_count=counts,
     )
 
 
@@ -138,13 +124,13 @@ def h_score(
     Raises:
       ValueError: on invalid inputs, as :func:`leep_jax.leep`.
     """
-    features, labels, mask, num_target_classes, check = prepare(
-        "features", features, labels, num_target_classes, mask, check=validate_inputs
+    return score_with_checks(
+        _h_score,
+        "features",
+        features,
+        labels,
+        num_target_classes,
+        mask,
+        probabilities=False,
+        check=validate_inputs,
     )
-    if not check:
-        return _h_score(features, labels, mask, num_target_classes)
-    score, flags = _h_score(features, labels, mask, num_target_classes, check=True)
-    raise_if_flagged(
-        flags, "features", features, labels, num_target_classes, mask, probabilities=False
-    )
-    return score

@@ -12,10 +12,9 @@ from leep_jax.scores import ops
 from leep_jax.scores.joint import conditional
 from leep_jax.scores.validation import (
     accumulation_dtype,
-    prepare,
-    raise_if_flagged,
     reduce_checks,
     row_checks,
+    score_with_checks,
 )
 
 
@@ -216,19 +215,13 @@ def leep(
       >>> round(float(leep_jax.leep(probs, labels, num_target_classes=2)), 4)
       -0.3652
     """
-    predictions, labels, mask, num_target_classes, check = prepare(
-        "predictions", predictions, labels, num_target_classes, mask, check=validate_inputs
-    )
-    if not check:
-        return _leep(predictions, labels, mask, num_target_classes, from_logits)
-    score, flags = _leep(predictions, labels, mask, num_target_classes, from_logits, check=True)
-    raise_if_flagged(
-        flags,
+    return score_with_checks(
+        functools.partial(_leep, from_logits=from_logits),
         "predictions",
         predictions,
         labels,
         num_target_classes,
         mask,
         probabilities=not from_logits,
+        check=validate_inputs,
     )
-    return score

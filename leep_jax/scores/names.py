@@ -25,17 +25,10 @@ ScoreName = Literal[
 SCORE_NAMES: tuple[ScoreName, ...] = get_args(ScoreName)
 
 # What each score reads from a model's forward pass: its predictions (probabilities or
-# logits over the source classes) or its penultimate features.
+# logits over the source classes) or, for every other score, its penultimate features.
 PREDICTION_SCORES: tuple[ScoreName, ...] = ("leep", "nce")
-FEATURE_SCORES: tuple[ScoreName, ...] = (
-    "h_score",
-    "regularized_h_score",
-    "logme",
-    "transrate",
-    "gbc",
-    "sfda",
-    "parc",
-    "nleep",
+FEATURE_SCORES: tuple[ScoreName, ...] = tuple(
+    name for name in SCORE_NAMES if name not in PREDICTION_SCORES
 )
 
 # The scores `score_model` and `score_zoo` compute unless told otherwise: one pass each,

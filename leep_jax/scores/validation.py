@@ -16,6 +16,8 @@ can be a false alarm (a row sum overflowing float32), which the detailed stage c
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -183,6 +185,37 @@ def raise_if_flagged(
         )
 
 
+def score_with_checks(
+    kernel: Callable[..., Any],
+    name: str,
+    values: ArrayLike,
+    labels: ArrayLike,
+    num_target_classes,
+    mask: ArrayLike | None,
+    *,
+    probabilities: bool,
+    check: bool,
+) -> jax.Array:
+    """A score whose jitted ``kernel`` computes the value-check flags in its own sweeps.
+
+    :func:`prepare` first (shape and host label checks). Then, when the value checks
+    apply (``check`` and concrete inputs), ``kernel(values, labels, mask,
+    num_target_classes, check=True)`` returns the score and its :func:`reduce_checks`
+    (or :func:`reduce_column_checks`) flags, which go to :func:`raise_if_flagged`;
+    otherwise ``kernel(values, labels, mask, num_target_classes)`` returns the score.
+    """
+    values, labels, mask, num_target_classes, check = prepare(
+        name, values, labels, num_target_classes, mask, check=check
+    )
+    if not check:
+        return kernel(values, labels, mask, num_target_classes)
+    score, flags = kernel(values, labels, mask, num_target_classes, check=True)
+    raise_if_flagged(
+        flags, name, values, labels, num_target_classes, mask, probabilities=probabilities
+    )
+    return score
+
+
 @functools.partial(jax.jit, static_argnames=("num_target_classes", "probabilities"))
 def _value_flags(values, labels, mask, num_target_classes: int, probabilities: bool):
     """The fast stage on its own: one fused sweep over ``values``."""
@@ -298,7 +331,7 @@ def prepare(
     """Shape checks and host label checks; the value checks are left to the score.
 
     For scores that compute :func:`reduce_checks` flags inside their own jitted program
-    and pass them to :func:`raise_if_flagged` afterwards.
+    and pass them to :func:`raise_if_flagged` afterwards (:func:`score_with_checks`).
 
     Returns:
       ``(values, labels, mask, num_target_classes, check_values)``: JAX arrays, a Python

@@ -14,7 +14,7 @@ from jax.typing import ArrayLike
 from leep_jax import streaming
 from leep_jax.scores import ops
 from leep_jax.scores.leep import joint_and_normalisers, per_example_terms
-from leep_jax.scores.names import DEFAULT_SCORES
+from leep_jax.scores.names import DEFAULT_SCORES, check_score_names
 from leep_jax.scores.validation import (
     accumulation_dtype,
     check_label_range,
@@ -189,16 +189,6 @@ _sharded_flags = jax.jit(
 )
 
 
-def _check_metrics(metrics) -> tuple[str, ...]:
-    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise ValueError(f"metrics must be a non-empty subset of {METRICS}, got {metrics!r}")
-    if len(set(metrics)) != len(metrics):
-        raise ValueError(f"metrics repeats a name: {metrics!r}")
-    return metrics
-
-
 def _addressable(*arrays) -> bool:
     """False for global arrays with shards on other processes (multi-host)."""
     return all(
@@ -273,7 +263,7 @@ def sharded_scores(
       >>> round(float(scores["leep"]), 4), float(scores["nce"])
       (-0.3652, 0.0)
     """
-    metrics = _check_metrics(metrics)
+    metrics = check_score_names(metrics, allowed=METRICS)
     num_target_classes = check_num_classes(num_target_classes)
     if not isinstance(from_logits, bool):
         raise ValueError(f"from_logits must be a bool, got {from_logits!r}")
@@ -306,23 +296,18 @@ def sharded_scores(
         return _sharded_scores(predictions, labels, features, mask, **kwargs)
     flags = _sharded_flags(predictions, labels, features, mask, **kwargs)
     scores = _sharded_scores(predictions, labels, features, mask, **kwargs)
-    raise_if_flagged(
-        flags["predictions"],
-        "predictions",
-        predictions,
-        labels,
-        num_target_classes,
-        mask,
-        probabilities=not from_logits,
-    )
-    if features is not None:
-        raise_if_flagged(
-            flags["features"],
-            "features",
-            features,
-            labels,
-            num_target_classes,
-            mask,
-            probabilities=False,
-        )
+    for name, values, probabilities in (
+        ("predictions", predictions, not from_logits),
+        ("features", features, False),
+    ):
+        if values is not None:
+            raise_if_flagged(
+                flags[name],
+                name,
+                values,
+                labels,
+                num_target_classes,
+                mask,
+                probabilities=probabilities,
+            )
     return scores

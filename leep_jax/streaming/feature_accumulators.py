@@ -64,6 +64,18 @@ def _shift(shift, feature_dim):
     return shift
 
 
+def _class_update(sums_fn, num_target_classes: int, feature_dim: int, shift):
+    """The ``update`` of a classification accumulator: adds ``sums_fn``'s sums of a batch."""
+
+    def update(state, features, labels, mask=None):
+        features, labels = jnp.asarray(features), jnp.asarray(labels)
+        check_batch(features, labels, feature_dim, "features")
+        sums = sums_fn(features, labels, num_target_classes, mask=mask, shift=shift)
+        return add_states(state, _as_state(sums))
+
+    return update
+
+
 def _logme_init(num_columns: int, feature_dim: int) -> LogMESums:
     return _zeros(
         LogMESums,
@@ -91,15 +103,10 @@ def logme(num_target_classes: int, feature_dim: int, *, shift=None) -> Accumulat
     num_target_classes = check_num_classes(num_target_classes)
     shift = _shift(shift, feature_dim)
 
-    def update(state, features, labels, mask=None):
-        features, labels = jnp.asarray(features), jnp.asarray(labels)
-        check_batch(features, labels, feature_dim, "features")
-        sums = logme_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return add_states(state, _as_state(sums))
-
     def compute(state):
         return logme_from_sums(state, shift, state.target_sum > 0)
 
+    update = _class_update(logme_sums, num_target_classes, feature_dim, shift)
     return Accumulator(
         lambda: _logme_init(num_target_classes, feature_dim), update, add_states, compute
     )
@@ -157,14 +164,7 @@ def regularized_h_score(num_target_classes: int, feature_dim: int, *, shift=None
             class_count=(num_target_classes,),
         )
 
-    def update(state, features, labels, mask=None):
-        features, labels = jnp.asarray(features), jnp.asarray(labels)
-        check_batch(features, labels, feature_dim, "features")
-        sums = regularized_h_score_sums(
-            features, labels, num_target_classes, mask=mask, shift=shift
-        )
-        return add_states(state, _as_state(sums))
-
+    update = _class_update(regularized_h_score_sums, num_target_classes, feature_dim, shift)
     return Accumulator(init, update, add_states, regularized_h_score_from_sums)
 
 
@@ -198,12 +198,7 @@ def transrate(
             class_outer_sum=(num_target_classes, feature_dim, feature_dim),
         )
 
-    def update(state, features, labels, mask=None):
-        features, labels = jnp.asarray(features), jnp.asarray(labels)
-        check_batch(features, labels, feature_dim, "features")
-        sums = transrate_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return add_states(state, _as_state(sums))
-
+    update = _class_update(transrate_sums, num_target_classes, feature_dim, shift)
     return Accumulator(init, update, add_states, lambda state: transrate_from_sums(state, eps))
 
 
@@ -233,10 +228,5 @@ def gbc(
             class_sq_sum=(num_target_classes, feature_dim),
         )
 
-    def update(state, features, labels, mask=None):
-        features, labels = jnp.asarray(features), jnp.asarray(labels)
-        check_batch(features, labels, feature_dim, "features")
-        sums = gbc_sums(features, labels, num_target_classes, mask=mask, shift=shift)
-        return add_states(state, _as_state(sums))
-
+    update = _class_update(gbc_sums, num_target_classes, feature_dim, shift)
     return Accumulator(init, update, add_states, lambda state: gbc_from_sums(state, gaussian_type))
