@@ -36,6 +36,12 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a non-interactive shell ignores SIGINT, the
+    # children inherit that, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(argv, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "leep_jax.cli", *map(str, argv)],
@@ -44,6 +50,7 @@ def _start(argv, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_sigint,
         **kwargs,
     )
 
