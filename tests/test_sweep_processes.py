@@ -36,21 +36,23 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _default_sigint() -> None:
-    # A suite started in the background by a non-interactive shell ignores SIGINT, the
-    # children inherit that, and Python then installs no KeyboardInterrupt handler.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# `python -m leep_jax.cli`, with Python's Ctrl-C handler installed even where SIGINT is
+# ignored on entry (a suite started in the background by a non-interactive shell: the
+# children inherit SIG_IGN, and Python then installs no KeyboardInterrupt handler).
+_CLI = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('leep_jax.cli', run_name='__main__', alter_sys=True)"
+)
 
 
 def _start(argv, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "leep_jax.cli", *map(str, argv)],
+        [sys.executable, "-c", _CLI, *map(str, argv)],
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_sigint,
         **kwargs,
     )
 
