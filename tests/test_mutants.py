@@ -130,3 +130,53 @@ def test_accumulator_states_are_float32_whatever_the_shift_type():
     for acc in (*_accumulators().values(), streaming.log_eep(Y, Z), fixed):
         for leaf in acc.init():
             assert leaf.dtype == jnp.float32
+
+
+def _log_eep_reference(probs, labels, table):
+    """float64 ``log sum_z table[y_i, z] probs[i, z]`` per row."""
+    return np.log(np.sum(np.asarray(table, np.float64)[labels] * probs, axis=1))
+
+
+def _softmax64(logits):
+    shifted = np.asarray(logits, np.float64) - np.max(logits, axis=1, keepdims=True)
+    return np.exp(shifted) / np.sum(np.exp(shifted), axis=1, keepdims=True)
+
+
+def test_log_eep_from_logits_is_exact_for_logits_whose_exponential_overflows():
+    # exp(l) overflows float32 above ~88: the row maximum must be taken out (subtracted,
+    # not added) before the exponential, on the streaming path as in memory.
+    from leep_jax.scores.leep import log_eep
+
+    rng = np.random.default_rng(5)
+    logits = (80 * rng.normal(size=(40, Z)) + 100).astype(np.float32)
+    labels = rng.integers(0, Y, 40).astype(np.int32)
+    table = rng.dirichlet(np.ones(Y), Z).T.astype(np.float32)  # columns P(. | z) sum to 1
+    want = _log_eep_reference(_softmax64(logits), labels, table)
+    got = np.asarray(log_eep(*map(jnp.asarray, (logits, labels, table)), from_logits=True))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    eep = streaming.log_eep(Y, Z, from_logits=True)
+    state = eep.update(eep.init(), logits, labels, table)
+    np.testing.assert_allclose(eep.compute(state), want.mean(), rtol=1e-5)
+
+
+def test_log_eep_reads_probabilities_unless_told_otherwise():
+    from leep_jax.scores.leep import log_eep
+
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.ones(Z), 30).astype(np.float32)
+    labels = rng.integers(0, Y, 30).astype(np.int32)
+    table = rng.dirichlet(np.ones(Y), Z).T.astype(np.float32)
+    want = _log_eep_reference(probs.astype(np.float64), labels, table)
+    got = log_eep(*map(jnp.asarray, (probs, labels, table)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_joint_distribution_errors_name_the_predictions():
+    probs = np.full((4, Z), 1.0 / Z, np.float32)
+    labels = np.zeros(4, np.int32)
+    with pytest.raises(ValueError, match=r"^predictions must be 2-D"):
+        leep_jax.joint_distribution(probs[:, :, None], labels, Y)
+    probs[1, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^predictions contain NaN or Inf \(first in row 1\)"):
+        leep_jax.joint_distribution(probs, labels, Y)

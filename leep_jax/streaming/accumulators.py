@@ -188,6 +188,7 @@ def log_eep(
 
     def update(state, predictions, labels, conditional_table, mask=None):
         predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
+        conditional_table = jnp.asarray(conditional_table)
         check_batch(predictions, labels, num_source_classes, "predictions")
         if conditional_table.shape != (num_target_classes, num_source_classes):
             raise ValueError(
