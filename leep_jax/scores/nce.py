@@ -118,8 +118,10 @@ def nce(
       >>> float(leep_jax.nce(probs, jnp.array([0, 1, 0]), num_target_classes=2))
       0.0
     """
+    # The argmax is the same for logits and probabilities: only the value checks read
+    # from_logits, so unchecked calls of both kinds share one compilation.
     return score_with_checks(
-        functools.partial(_nce, from_logits=from_logits),
+        functools.partial(_nce, from_logits=from_logits and validate_inputs),
         "predictions",
         predictions,
         labels,
