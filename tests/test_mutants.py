@@ -180,3 +180,27 @@ def test_joint_distribution_errors_name_the_predictions():
     probs[1, 1] = np.nan
     with pytest.raises(ValueError, match=r"^predictions contain NaN or Inf \(first in row 1\)"):
         leep_jax.joint_distribution(probs, labels, Y)
+
+
+def test_joint_sum_reads_probabilities_and_accumulates_bfloat16_in_float32():
+    # Summed in bfloat16 (8 mantissa bits) the table stalls once a cell passes a few
+    # hundred: 4,096 rows of one class must still add up to what float64 says.
+    from leep_jax.scores.joint import joint_sum
+
+    rng = np.random.default_rng(7)
+    n = 4096
+    probs = rng.multinomial(8, np.full(Z, 1.0 / Z), n) / 8  # multiples of 1/8: exact in bf16
+    labels = np.where(np.arange(n) < n - 10, 0, rng.integers(0, Y, n)).astype(np.int32)
+    want = np.zeros((Y, Z))
+    np.add.at(want, labels, probs)
+
+    table, count = joint_sum(jnp.asarray(probs, jnp.bfloat16), jnp.asarray(labels), Y)
+    assert table.dtype == jnp.float32 and count.dtype == jnp.float32
+    np.testing.assert_allclose(table, want, rtol=1e-6)
+    assert count == n
+
+    joint = streaming.joint(Y, Z)
+    state = joint.update(joint.init(), jnp.asarray(probs, jnp.bfloat16), labels)
+    np.testing.assert_allclose(joint.compute(state), want / n, rtol=1e-6)
+    got = leep_jax.joint_distribution(jnp.asarray(probs, jnp.bfloat16), labels, Y)
+    np.testing.assert_allclose(got, want / n, rtol=1e-6)
