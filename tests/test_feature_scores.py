@@ -1,5 +1,5 @@
-"""LogME, regularized H-score, TransRate and GBC: references, invariances, streaming,
-sharding."""
+"""LogME, regularized H-score, TransRate and GBC: references, invariances, streaming
+(with a hypothesis test: any batch split, mask and merge order), sharding."""
 
 import doctest
 import functools
@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import reference_features as ref
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jax.sharding import AxisType, NamedSharding
 from scipy.stats import ortho_group
 
@@ -407,3 +409,49 @@ def test_sharded_inputs_give_unsharded_result(axis_type):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+_PROPERTY_ROWS = 64
+
+
+@functools.cache
+def _jitted_streaming(name):
+    factory, options, score = STREAMING[name]
+    accumulator = factory(C, 6, **options)
+    return jax.tree.map(jax.jit, accumulator), jax.jit(
+        functools.partial(score, num_target_classes=C)
+    )
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(24, _PROPERTY_ROWS),
+    cuts=st.sets(st.integers(1, _PROPERTY_ROWS - 1), max_size=4),
+    masked=st.lists(st.booleans(), min_size=_PROPERTY_ROWS, max_size=_PROPERTY_ROWS),
+    seed=st.integers(0, 2**16),
+)
+def test_any_batch_split_mask_and_merge_order_give_the_in_memory_score(n, cuts, masked, seed):
+    features, labels = _problem(seed, n=n, d=6, offset=0.0)
+    features = features.astype(np.float32)
+    mask = np.array(masked[:n])
+    mask[::2] = True  # enough counted rows for well-conditioned 6 x 6 covariances
+    cuts = [0, *sorted(c for c in cuts if c < n), n]
+
+    def padded(x, lo, hi):  # rows lo:hi, zero-padded to one shape (one compilation)
+        return np.pad(x[lo:hi], [(0, _PROPERTY_ROWS - (hi - lo))] + [(0, 0)] * (x.ndim - 1))
+
+    for name in STREAMING:
+        accumulator, score = _jitted_streaming(name)
+        want = float(score(*(padded(x, 0, n) for x in (features, labels)), mask=padded(mask, 0, n)))
+        states = [
+            accumulator.update(
+                accumulator.init(), *(padded(x, lo, hi) for x in (features, labels, mask))
+            )
+            for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+        ]
+        left = functools.reduce(accumulator.merge, states)
+        right = functools.reduce(lambda a, b: accumulator.merge(b, a), reversed(states))
+        for merged in (left, right):
+            np.testing.assert_allclose(
+                float(accumulator.compute(merged)), want, rtol=2e-4, atol=1e-5, err_msg=name
+            )
