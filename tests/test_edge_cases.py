@@ -63,6 +63,12 @@ SCORES = {
     "nce": lambda p, lg, f, y: leep_jax.nce(p, y, Y),
     "h_score": lambda p, lg, f, y: leep_jax.h_score(f, y, Y),
     "joint_distribution": lambda p, lg, f, y: leep_jax.joint_distribution(p, y, Y),
+    "sharded_scores": lambda p, lg, f, y: leep_jax.sharded_scores(p, y, Y, features=f),
+    **{
+        name: functools.partial(lambda fn, p, lg, f, y: fn(f, y, Y), getattr(leep_jax, name))
+        for name in ("logme", "regularized_h_score", "transrate", "gbc", "sfda", "parc")
+    },
+    "nleep": lambda p, lg, f, y: leep_jax.nleep(f, y, Y, key=jax.random.key(0)),
 }
 
 
