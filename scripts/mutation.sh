@@ -6,8 +6,8 @@
 #
 # A developer tool, not CI: every mutant re-runs the fast tests that call the mutated
 # function, in a fresh process (JAX compiles what the persistent cache below lacks), so a
-# module takes minutes to hours. It runs niced (NICE=19 by default) with one worker (shared
-# machines). Results accumulate in mutants/ (ignored
+# module takes minutes to hours. It runs niced (NICE=19 by default) with one worker (JOBS=1;
+# shared machines). Results accumulate in mutants/ (ignored
 # by git; delete it after changing the config or the tests' selection); the summary below
 # marks survivors listed in benchmarks/results/mutation/equivalent.txt as equivalent,
 # and exits 1 if any other mutant survived.
@@ -34,5 +34,5 @@ done
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/mutants/jax-cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
-nice -n "${NICE:-19}" "$MUTMUT" run --max-children 1 "${globs[@]}" || true
+nice -n "${NICE:-19}" "$MUTMUT" run --max-children "${JOBS:-1}" "${globs[@]}" || true
 "$PYTHON" scripts/mutation_summary.py "${globs[@]}"
