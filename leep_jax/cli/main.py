@@ -24,7 +24,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="leep-jax",
-        description="Transferability scores (LEEP, NCE, H-score) and the paper's experiments.",
+        description="Transferability scores (LEEP, NCE, H-score, LogME, ...), model-zoo "
+        "sweeps and the paper's experiments.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in _SUBCOMMANDS:

@@ -85,10 +85,10 @@ class RankRow:
       name: the model's name (key of the ``models`` mapping).
       architecture: its registry name (``"resnet20"``, ...) or class name.
       num_source_classes: Z, the width of its head.
-      scores: ``{"leep", "nce", "h_score"}`` values on the target training set.
+      scores: one value per score of ``SCORE_NAMES``, on the target training set.
       ranks: rank under each score, 1 = highest (ties share the best rank).
       rank: rank under the score the result is ranked by.
-      score_time_s: wall-clock seconds of the forward pass plus the three scores
+      score_time_s: wall-clock seconds of the forward pass plus every score
         (compilation included: the first model of each architecture pays it).
       accuracy: target test accuracy after transfer (``verify`` only, else None).
       transfer_time_s: wall-clock seconds of that transfer run (``verify`` only).
@@ -270,13 +270,14 @@ def rank_models(
     """Scores every model on the task's training set and ranks them.
 
     Each model sees the target training images once (`leep_jax.models.zoo_scores`):
-    LEEP and NCE come from its logits and H-score from its features.
+    every score of ``SCORE_NAMES`` is computed, LEEP and NCE from its logits and the
+    others from its features.
 
     Args:
       models: name -> source model (`leep_jax.models` contract). Models are put in
         eval mode; their parameters are never changed (verify trains copies).
       task: the target task (`leep_jax.data.TargetTask` or the same attributes).
-      metric: the score to rank by: ``"leep"``, ``"nce"`` or ``"h_score"``.
+      metric: the score to rank by, one of ``SCORE_NAMES`` (``"leep"``, ``"nce"``, ...).
       verify: also transfer every model to the task and correlate scores with the
         test accuracy reached.
       verify_method: ``"fine_tune"`` (all layers) or ``"retrain_head"`` (linear probe).

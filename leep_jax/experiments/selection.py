@@ -27,7 +27,7 @@ import numpy as np
 import scipy.stats
 
 from leep_jax.experiments.rows import Rq4Row
-from leep_jax.experiments.statistics import _Record, finite_or_none, score_of
+from leep_jax.experiments.statistics import Record, finite_or_none, score_of
 from leep_jax.scores.names import SCORE_NAMES
 from leep_jax.transfer.methods import Method
 
@@ -56,7 +56,7 @@ BOOTSTRAP_RESAMPLES = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
-class Estimate(_Record):
+class Estimate(Record):
     """A mean over tasks with its bootstrap interval (`bootstrap_mean`).
 
     Attributes:
@@ -125,7 +125,7 @@ def rank_agreement(
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskSelection(_Record):
+class TaskSelection(Record):
     """One method ranking the zoo on one task, against one ground truth.
 
     Attributes:
@@ -149,7 +149,7 @@ class TaskSelection(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class MethodSelection(_Record):
+class MethodSelection(Record):
     """One method over tasks: means with bootstrap 95 % intervals (`Estimate`).
 
     Attributes:
@@ -168,7 +168,7 @@ class MethodSelection(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class PairedTest(_Record):
+class PairedTest(Record):
     """LEEP against another method over the tasks where both have a weighted tau.
 
     Attributes:
@@ -186,7 +186,7 @@ class PairedTest(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Selection(_Record):
+class Selection(Record):
     """RQ4 over the zoo (`selection`).
 
     Attributes:

@@ -37,10 +37,10 @@ __all__ = [
     "CLASS_COUNT",
     "CORRELATED_METHODS",
     "CORRELATED_SCORES",
-    "EXPERIMENT_SCORES",
     "PAPER_SCORES",
     "Correlation",
     "Pooled",
+    "Record",
     "RegimeSummary",
     "TaskPoint",
     "convergence",
@@ -55,8 +55,6 @@ __all__ = [
     "summarize",
 ]
 
-# Every score of the library is measured (protocol v2).
-EXPERIMENT_SCORES = SCORE_NAMES
 # The three scores the paper compares (its headline tables and RQ2).
 PAPER_SCORES = ("leep", "nce", "h_score")
 # A baseline score: -log(number of classes), what the class count alone predicts.
@@ -80,7 +78,7 @@ def finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class _Record:
+class Record:
     """``to_json`` for the statistics' dataclasses (NaN becomes None)."""
 
     def to_json(self) -> dict[str, Any]:
@@ -91,7 +89,7 @@ class _Record:
 
 
 @dataclasses.dataclass(frozen=True)
-class Correlation(_Record):
+class Correlation(Record):
     """One score against one accuracy over distinct tasks.
 
     Attributes:
@@ -112,7 +110,7 @@ class Correlation(_Record):
 
 
 @dataclasses.dataclass(frozen=True)
-class Pooled(_Record):
+class Pooled(Record):
     """The within-class-count correlation, pooled (`pooled_within`).
 
     Attributes:
@@ -325,7 +323,7 @@ def distinct_tasks(rows: Sequence[TaskRow]) -> list[TaskPoint]:
 
 
 @dataclasses.dataclass(frozen=True)
-class RegimeSummary(_Record):
+class RegimeSummary(Record):
     """The statistics of one pair and regime.
 
     Attributes:

@@ -1,10 +1,11 @@
-"""LEEP (two phases), NCE and H-score as clu metric classes, one factory each.
+"""LEEP (two phases), NCE, H-score, LogME, regularized H-score, TransRate and GBC as
+clu metric classes, one factory each.
 
 Each factory binds the static class counts and the model-output names and returns a
 ``clu.metrics.Metric`` subclass built by :func:`~leep_jax.metrics.from_accumulator`
 over the streaming accumulator of the same name.
 
-Exact LEEP needs two passes over the data (shared/DESIGN.md): the conditional
+Exact LEEP needs two passes over the data (README, "Streaming"): the conditional
 ``P(y|z)`` depends on all the data and sits inside the log, so no fixed-size state
 summed batch by batch gives LEEP in one pass. Phase 1 is the :func:`joint` metric;
 :func:`conditional` freezes ``P(y|z)`` from it; phase 2 is the :func:`log_eep` metric,
@@ -52,7 +53,8 @@ def joint(
     Args:
       num_target_classes: static ``Y``.
       num_source_classes: static ``Z``.
-      from_logits: the predictions output holds logits (else probabilities).
+      from_logits: the predictions output holds logits (the default here, as a model's
+        output usually does; the functions and ``streaming`` default to probabilities).
       predictions: name of the ``[n, Z]`` model output.
       labels: name of the ``int[n]`` target labels output.
       mask: name of the optional ``[n]`` mask output, or None.
@@ -94,7 +96,8 @@ def log_eep(
     Args:
       num_target_classes: static ``Y``.
       num_source_classes: static ``Z``.
-      from_logits: the predictions output holds logits (else probabilities).
+      from_logits: the predictions output holds logits (the default here, as a model's
+        output usually does; the functions and ``streaming`` default to probabilities).
       predictions: name of the ``[n, Z]`` model output.
       labels: name of the ``int[n]`` target labels output.
       conditional: name of the ``f32[Y, Z]`` frozen-conditional output.

@@ -63,7 +63,7 @@ def score_zoo(
     metrics: Sequence[str] = DEFAULT_SCORES,
     on_scored: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """LEEP, NCE and H-score of every model from one forward pass each over ``images``.
+    """The scores in ``metrics`` of every model from one forward pass each over ``images``.
 
     Every model sees the images once, in batches of ``batch_size`` (the last one padded
     and masked), through the scoring engine (:mod:`leep_jax.streaming.engine`): one

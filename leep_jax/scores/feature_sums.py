@@ -34,6 +34,11 @@ def valid_mean(features: jax.Array, valid: jax.Array) -> jax.Array:
     return jnp.sum(rows, axis=0) / jnp.sum(valid, dtype=rows.dtype)
 
 
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` at HIGHEST precision (full float32 on TPU and on GPUs with TF32)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
 def gram(rows: jax.Array, other: jax.Array | None = None) -> jax.Array:
     """``rows^T other`` (default ``rows^T rows``) over the example axis, HIGHEST precision.
 

@@ -10,14 +10,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.feature_sums import class_sums, gram, shifted_rows
+from leep_jax.scores.feature_sums import HIGHEST, class_sums, gram, matmul, shifted_rows
 from leep_jax.scores.validation import (
     accumulation_dtype,
     reduce_column_checks,
     score_with_checks,
 )
-
-_HIGHEST = jax.lax.Precision.HIGHEST
 
 
 class HScoreSums(NamedTuple):
@@ -71,13 +69,13 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
     safe_counts = jnp.where(sums.class_count > 0, sums.class_count, 1)
     class_means = sums.class_sum / safe_counts[:, None]
     weighted = class_means * (sums.class_count / n)[:, None]
-    between_cov = jnp.matmul(weighted.T, class_means, precision=_HIGHEST) - mean_outer
+    between_cov = matmul(weighted.T, class_means) - mean_outer
     eigenvalues, eigenvectors = jnp.linalg.eigh(feature_cov)
     cutoff = eigenvalues.shape[0] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(jnp.abs(eigenvalues))
     keep = eigenvalues > cutoff
     inverse = jnp.where(keep, 1 / jnp.where(keep, eigenvalues, 1), 0)
     projected = jnp.einsum(
-        "dk,de,ek->k", eigenvectors, between_cov, eigenvectors, precision=_HIGHEST
+        "dk,de,ek->k", eigenvectors, between_cov, eigenvectors, precision=HIGHEST
     )
     return jnp.sum(inverse * projected)
 

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
+from leep_jax.scores.feature_sums import matmul
 from leep_jax.scores.leep import leep
 from leep_jax.scores.validation import accumulation_dtype, is_concrete, validate_features
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 # scikit-learn's GaussianMixture and KMeans defaults.
 REG_COVAR = 1e-6
 TOLERANCE = 1e-3
@@ -22,10 +22,6 @@ KMEANS_MAX_ITERATIONS = 300
 KMEANS_TOLERANCE = 1e-4
 # Components per lax.map step: about this many [n, dims] elements in flight.
 _BATCH_ELEMENTS = 1 << 24
-
-
-def _matmul(a, b):
-    return jnp.matmul(a, b, precision=_HIGHEST)
 
 
 class GaussianMixture(NamedTuple):
@@ -47,7 +43,7 @@ def principal_axes(features, weights, variance_fraction):
     total = jnp.sum(weights)
     mean = jnp.sum(features * weights[:, None], axis=0) / total
     centered = (features - mean[None, :]) * weights[:, None]
-    covariance = _matmul(centered.T, centered) / total
+    covariance = matmul(centered.T, centered) / total
     eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
     eigenvalues = jnp.maximum(eigenvalues[::-1], 0)
     ratio = jnp.cumsum(eigenvalues) / jnp.sum(eigenvalues)
@@ -62,7 +58,7 @@ def _component_map(fn, xs, num_rows, dims):
 
 def _squared_distances(x, centers):
     """``|x_i - c_m|^2``, ``[n, M]``."""
-    cross = _matmul(x, centers.T)
+    cross = matmul(x, centers.T)
     return jnp.maximum(
         jnp.sum(x * x, axis=1)[:, None] - 2 * cross + jnp.sum(centers * centers, axis=1)[None, :], 0
     )
@@ -132,7 +128,7 @@ def _log_gaussians(x, mixture_means, precision_cholesky):
 
     def one(params):
         mean, factor = params
-        projected = _matmul(x, factor) - _matmul(mean, factor)[None, :]
+        projected = matmul(x, factor) - matmul(mean, factor)[None, :]
         log_det = jnp.sum(jnp.log(jnp.diagonal(factor)))
         return -0.5 * (dims * jnp.log(2 * jnp.pi) + jnp.sum(projected**2, axis=1)) + log_det
 
@@ -160,13 +156,13 @@ def _m_step(x, weights, responsibilities, num_kept):
     dtype = x.dtype
     weighted = responsibilities * weights[:, None]  # [n, M]
     counts = jnp.sum(weighted, axis=0) + 10 * jnp.finfo(dtype).eps
-    means = _matmul(weighted.T, x) / counts[:, None]
+    means = matmul(weighted.T, x) / counts[:, None]
     real = jnp.arange(dims) < num_kept
 
     def one(params):
         column, mean, count = params
         centered = x - mean[None, :]
-        covariance = _matmul((centered * column[:, None]).T, centered) / count
+        covariance = matmul((centered * column[:, None]).T, centered) / count
         covariance = (covariance + covariance.T) / 2
         jitter = dims * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(covariance))
         covariance = covariance + jnp.diag(REG_COVAR + jnp.where(real, jitter, 0))
@@ -220,7 +216,7 @@ def _nleep(features, mean, axes, num_kept, labels, mask, key, num_target_classes
     features = _valid_features(features, valid)
     weights = valid.astype(features.dtype)
     # Only the axes kept (rounded up) are projected on: N D width, not N D^2.
-    scores = _matmul(features - mean[None, :], axes)
+    scores = matmul(features - mean[None, :], axes)
     kept = jnp.arange(axes.shape[1]) < num_kept
     scores = jnp.where(valid[:, None] & kept[None, :], scores, 0)
     initial_means = kmeans_init(key, scores, weights, num_components)

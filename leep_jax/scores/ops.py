@@ -1,7 +1,7 @@
 """Sharding-aware building blocks shared by the scores and the streaming accumulators.
 
-An internal module (documented, not re-exported from :mod:`leep_jax`): the streaming,
-sharding and metrics layers build on it, so its names are stable within the library.
+An internal module (documented, not re-exported from :mod:`leep_jax`): the streaming
+and sharding layers build on it, so its names are stable within the library.
 
 Everything here is a pure function of arrays with static class counts, safe under
 ``jit``, ``vmap`` and meshes with Auto or Explicit axes. None of them builds an

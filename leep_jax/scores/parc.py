@@ -9,9 +9,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
+from leep_jax.scores.feature_sums import matmul
 from leep_jax.scores.validation import accumulation_dtype, validate_features
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 # Sums over ~n^2/2 pairs go through a tree of partial sums of this many terms, so the
 # float32 rounding error grows with log(n) instead of n.
 _SUM_FANOUT = 64
@@ -37,7 +37,7 @@ def principal_components(features, weights, num_dims):
     total = jnp.sum(weights)
     mean = jnp.sum(features * weights[:, None], axis=0) / total
     centered = (features - mean[None, :]) * weights[:, None]
-    covariance = jnp.matmul(centered.T, centered, precision=_HIGHEST) / total
+    covariance = matmul(centered.T, centered) / total
     eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
     eigenvalues, eigenvectors = eigenvalues[::-1][:num_dims], eigenvectors[:, ::-1][:, :num_dims]
     biggest = jnp.argmax(jnp.abs(eigenvectors), axis=0)
@@ -45,7 +45,7 @@ def principal_components(features, weights, num_dims):
     eigenvectors = eigenvectors * jnp.where(signs == 0, 1, signs)
     cutoff = features.shape[1] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(eigenvalues)
     kept = eigenvalues > cutoff
-    scores = jnp.matmul(centered, eigenvectors, precision=_HIGHEST)
+    scores = matmul(centered, eigenvectors)
     return jnp.where(kept[None, :], scores, 0), jnp.where(kept, eigenvalues, 0)
 
 
@@ -150,7 +150,7 @@ def _parc(features, labels, mask, num_target_classes, num_dims):
     if num_dims is not None:
         features, _ = principal_components(features, weights, min(num_dims, features.shape[1]))
     unit_rows = _row_normalize(_standardize(features, weights))
-    correlation = jnp.matmul(unit_rows, unit_rows.T, precision=_HIGHEST)
+    correlation = matmul(unit_rows, unit_rows.T)
     partners, duplicate = _pair_layout(features.shape[0])
     dissimilarity = 1 - jnp.clip(jnp.take_along_axis(correlation, partners, axis=1), -1, 1)
     same = labels[:, None] == labels[partners]

@@ -9,16 +9,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
+from leep_jax.scores.feature_sums import matmul
 from leep_jax.scores.validation import accumulation_dtype, validate_features
 
-_HIGHEST = jax.lax.Precision.HIGHEST
 # TencentARC/SFDA: three rounds of its power iteration, shrinkage floored at 1e-10.
 _POWER_ITERATIONS = 3
 _MIN_SHRINKAGE = 1e-10
-
-
-def _matmul(a, b):
-    return jnp.matmul(a, b, precision=_HIGHEST)
 
 
 def _largest_eigenvalue(matrix):
@@ -35,9 +31,9 @@ def _largest_eigenvalue(matrix):
     x = jnp.sum(matrix, axis=1)
     y = x
     for _ in range(_POWER_ITERATIONS):
-        y = unit(_matmul(matrix, x))
-        x = unit(_matmul(matrix, y))
-    return _matmul(x, _matmul(matrix, y))
+        y = unit(matmul(matrix, x))
+        x = unit(matmul(matrix, y))
+    return matmul(x, matmul(matrix, y))
 
 
 def _class_statistics(features, labels, weights, num_classes):
@@ -52,7 +48,7 @@ def _class_statistics(features, labels, weights, num_classes):
     )
     means = sums / jnp.where(counts > 0, counts, 1)[:, None]
     deviations = (features - means[labels]) * weights[:, None]
-    scatter = _matmul(deviations.T, deviations) / jnp.sum(weights)
+    scatter = matmul(deviations.T, deviations) / jnp.sum(weights)
     return counts, means, (scatter + scatter.T) / 2
 
 
@@ -68,8 +64,8 @@ def _solve_by_eigh(matrix, right):
     eigenvalues, eigenvectors = jnp.linalg.eigh(matrix)
     floor = jnp.finfo(eigenvalues.dtype).eps * jnp.max(eigenvalues)
     eigenvalues = jnp.maximum(eigenvalues, jnp.where(floor > 0, floor, 1))
-    rotated = _matmul(eigenvectors.T, right)
-    return _matmul(eigenvectors, rotated / eigenvalues[:, None])
+    rotated = matmul(eigenvectors.T, right)
+    return matmul(eigenvectors, rotated / eigenvalues[:, None])
 
 
 def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
@@ -104,9 +100,7 @@ def _fda_probabilities(features, labels, weights, num_classes, shrinkage):
     )
     quadratic = jnp.sum(centered_means * coefficients.T, axis=1)
     log_prior = jnp.log(jnp.where(present, counts / total, 1))
-    logits = (
-        _matmul(features - center[None, :], coefficients) + (log_prior - quadratic / 2)[None, :]
-    )
+    logits = matmul(features - center[None, :], coefficients) + (log_prior - quadratic / 2)[None, :]
     logits = jnp.where(present[None, :], logits, -jnp.inf)  # the peer's classes: those present
     return jax.nn.softmax(logits, axis=1), shrinkage, counts, means
 

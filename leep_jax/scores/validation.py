@@ -2,15 +2,16 @@
 
 Shape checks always run (shapes are static, even under ``jit``). Value checks (label
 range, NaN/Inf, probability rows) need concrete arrays: they run on eager calls with
-``validate=True`` and are skipped under tracing, where the scores instead treat
+``validate_inputs=True`` and are skipped under tracing, where the scores instead treat
 out-of-range labels like masked rows.
 
 Value checks are two-stage. The fast stage reduces the inputs to a few flags
 (:func:`row_checks` per row, :func:`reduce_checks` over rows), either inside the score's
-own jitted sweeps (LEEP, NCE, H-score: no extra read of the inputs) or in one fused sweep
-of its own (:func:`check_values`). Only when a flag says something may be wrong does the
-detailed stage (:func:`_value_stats`) run to find the first bad row and raise; a flag
-can be a false alarm (a row sum overflowing float32), which the detailed stage clears.
+own jitted program (LEEP and H-score: no extra read of the inputs; NCE: its row sums and
+minima beside the argmax, one more read on XLA:CPU) or in one fused sweep of its own
+(:func:`check_values`). Only when a flag says something may be wrong does the detailed
+stage (:func:`_value_stats`) run to find the first bad row and raise; a flag can be a
+false alarm (a row sum overflowing float32), which the detailed stage clears.
 """
 
 from __future__ import annotations

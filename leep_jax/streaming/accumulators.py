@@ -3,11 +3,12 @@
 Each factory closes over static configuration (class counts) and returns an
 :class:`Accumulator` of pure functions ``init / update / merge / compute``. States are
 NamedTuples of sums with fixed shapes and dtypes from ``init`` on, so they are valid
-``lax.scan`` carries and fields of a training state, and ``merge`` is a plain sum:
-across devices it is ``jax.lax.psum(state, axis_name)``.
+``lax.scan`` carries and fields of a training state, and ``merge`` is a plain sum
+(across devices ``jax.lax.psum(state, axis_name)``), except :func:`h_score` without a
+fixed ``shift``, whose merge re-centres the states first.
 
 Exact LEEP needs two passes, because the conditional ``P(y|z)`` depends on all the data
-and sits inside the log (shared/DESIGN.md): pass 1 accumulates the joint with
+and sits inside the log (README, "Streaming"): pass 1 accumulates the joint with
 :func:`joint`; pass 2 accumulates the summed log-EEP with :func:`log_eep`, given the
 conditional frozen from pass 1. NCE and H-score are single-pass.
 
@@ -104,10 +105,12 @@ class ConditionalAccumulator(NamedTuple):
 
 
 def add_states(a, b):
+    """The merge of states that are sums: leaf by leaf ``a + b``."""
     return jax.tree.map(jnp.add, a, b)
 
 
 def check_batch(values, labels, width: int, name: str):
+    """ValueError unless ``values`` is ``[n, width]`` and ``labels`` is ``[n]``."""
     if values.ndim != 2 or values.shape[1] != width:
         raise ValueError(f"{name} batch must have shape [n, {width}], got {values.shape}")
     if labels.shape != values.shape[:1]:
@@ -115,16 +118,22 @@ def check_batch(values, labels, width: int, name: str):
 
 
 class JointState(NamedTuple):
+    """State of :func:`joint`: the unnormalised joint and the rows it counts."""
+
     joint_sum: jax.Array  # f32[Y, Z]: sum over rows with label y of theta_iz
     count: jax.Array  # f32[]: rows counted
 
 
 class LogEEPState(NamedTuple):
+    """State of :func:`log_eep`: the summed per-row log-EEP and the rows it counts."""
+
     log_eep_sum: jax.Array  # f32[]: sum over rows of log sum_z P(y_i|z) theta_iz
     count: jax.Array  # f32[]
 
 
 class NCEState(NamedTuple):
+    """State of :func:`nce`: label / argmax co-occurrence counts."""
+
     counts: jax.Array  # f32[Y, Z]: co-occurrences of label y and argmax z
 
 

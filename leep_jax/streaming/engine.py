@@ -8,7 +8,8 @@ experiments and the benchmarks all call it, so padding, masking, validation and 
 H-score shift are done here once.
 
 Pass 1 runs one jitted step per batch that updates the streaming states of
-:mod:`leep_jax.streaming.accumulators` (LEEP's joint, NCE counts, H-score sums) and a few
+:mod:`leep_jax.streaming.accumulators` and ``feature_accumulators`` (LEEP's joint, NCE
+counts, the feature scores' sums; features kept for SFDA, PARC, NLEEP) and a few
 validation flags (NaN/Inf, probability rows) reduced on the device. Exact LEEP then needs
 a second sum with the conditional ``P(y|z)`` frozen: over the predictions kept on the
 device, or over the batches again (a second forward pass, or a second read of the

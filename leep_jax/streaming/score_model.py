@@ -78,16 +78,17 @@ def score_model(
     keep_predictions: bool = True,
     from_logits: bool = True,
 ) -> dict[str, float | int]:
-    """LEEP, NCE and H-score of a source model on a target dataset given in batches.
+    """The scores in ``metrics`` (default LEEP, NCE, H-score) of a source model on a target set.
 
     Each batch goes through the model once in a jitted step that also updates the
-    streaming states (:mod:`leep_jax.streaming.engine`): the LEEP joint, the NCE
-    counts and the H-score sums. Batches smaller than the first one (a ragged last
-    batch) are zero-padded and masked, larger ones are split, so the step compiles once
-    per architecture, batch shape and options: a second call with another model of the
-    same architecture (other weights, same ``nnx`` graph) compiles nothing. NCE and
-    H-score are exact in this single pass. Exact LEEP needs the conditional ``P(y|z)``
-    of all the data before its second sum, which leaves two ways:
+    streaming states (:mod:`leep_jax.streaming.engine`): the LEEP joint, the NCE counts,
+    the feature scores' sums (features are kept for SFDA, PARC and NLEEP). Batches
+    smaller than the first one (a ragged last batch) are zero-padded and masked, larger
+    ones are split, so the step compiles once per architecture, batch shape and options:
+    a second call with another model of the same architecture (other weights, same
+    ``nnx`` graph) compiles nothing. NCE and H-score are exact in this single pass.
+    Exact LEEP needs the conditional ``P(y|z)`` of all the data before its second sum,
+    which leaves two ways:
 
     * ``keep_predictions=True``: keep every batch's logits on device and run the second
       sum over them. One forward pass; ``n * num_source_classes`` extra floats of device

@@ -50,7 +50,7 @@ def check_labels(labels: np.ndarray, num_target_classes: int, first_row: int = 0
         )
 
 
-def _checked(index: int, batch, num_target_classes: int):
+def _checked(index: int, batch):
     """``(inputs, labels, mask)`` of one user batch, or ValueError naming the problem."""
     if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
         raise ValueError(
@@ -93,7 +93,7 @@ def fixed_size(
     """
     first_row = 0
     for index, batch in enumerate(batches):
-        inputs, labels, mask = _checked(index, batch, num_target_classes)
+        inputs, labels, mask = _checked(index, batch)
         check_labels(np.where(mask, labels, 0), num_target_classes, first_row)
         labels = labels.astype(np.int32)  # in range, so exact
         batch_size = batch_size or labels.shape[0]

@@ -6,7 +6,8 @@
 * :mod:`.methods`: `retrain_head` (= `extract_features` + `train_head`), `fine_tune`,
   `train_from_scratch`, and `METHODS`, their names;
 * :mod:`.zoo`: source-model specs, train-or-load through the cache;
-* :mod:`.presets`: the zoos (`default_zoo`, `quick_zoo`, `tiny_zoo`).
+* :mod:`.presets`: the zoos (`default_zoo`, `quick_zoo`, `tiny_zoo`, and RQ4's
+  `selection_zoo`).
 """
 
 from leep_jax.transfer.methods import (
