@@ -10,7 +10,14 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.feature_sums import HIGHEST, class_sums, gram, matmul, shifted_rows
+from leep_jax.scores.feature_sums import (
+    HIGHEST,
+    class_sums,
+    gram,
+    matmul,
+    shifted_rows,
+    symmetric,
+)
 from leep_jax.scores.validation import (
     accumulation_dtype,
     reduce_column_checks,
@@ -64,8 +71,7 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
     n = sums.count
     mean = sums.feature_sum / n
     mean_outer = jnp.outer(mean, mean)
-    feature_cov = sums.outer_sum / n - mean_outer
-    feature_cov = (feature_cov + feature_cov.T) / 2
+    feature_cov = symmetric(sums.outer_sum / n - mean_outer)
     safe_counts = jnp.where(sums.class_count > 0, sums.class_count, 1)
     class_means = sums.class_sum / safe_counts[:, None]
     weighted = class_means * (sums.class_count / n)[:, None]
