@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.feature_sums import matmul
+from leep_jax.scores.feature_sums import matmul, symmetric
 from leep_jax.scores.leep import leep
 from leep_jax.scores.validation import accumulation_dtype, is_concrete, validate_features
 
@@ -44,7 +44,7 @@ def principal_axes(features, weights, variance_fraction):
     mean = jnp.sum(features * weights[:, None], axis=0) / total
     centered = (features - mean[None, :]) * weights[:, None]
     covariance = matmul(centered.T, centered) / total
-    eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric(covariance))
     eigenvalues = jnp.maximum(eigenvalues[::-1], 0)
     ratio = jnp.cumsum(eigenvalues) / jnp.sum(eigenvalues)
     num_kept = jnp.minimum(jnp.sum(ratio <= variance_fraction) + 1, features.shape[1])
@@ -162,8 +162,7 @@ def _m_step(x, weights, responsibilities, num_kept):
     def one(params):
         column, mean, count = params
         centered = x - mean[None, :]
-        covariance = matmul((centered * column[:, None]).T, centered) / count
-        covariance = (covariance + covariance.T) / 2
+        covariance = symmetric(matmul((centered * column[:, None]).T, centered) / count)
         jitter = dims * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(covariance))
         covariance = covariance + jnp.diag(REG_COVAR + jnp.where(real, jitter, 0))
         lower = jnp.linalg.cholesky(covariance)

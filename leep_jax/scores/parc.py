@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.feature_sums import matmul
+from leep_jax.scores.feature_sums import matmul, symmetric
 from leep_jax.scores.validation import accumulation_dtype, validate_features
 
 # Sums over ~n^2/2 pairs go through a tree of partial sums of this many terms, so the
@@ -38,7 +38,7 @@ def principal_components(features, weights, num_dims):
     mean = jnp.sum(features * weights[:, None], axis=0) / total
     centered = (features - mean[None, :]) * weights[:, None]
     covariance = matmul(centered.T, centered) / total
-    eigenvalues, eigenvectors = jnp.linalg.eigh((covariance + covariance.T) / 2)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric(covariance))
     eigenvalues, eigenvectors = eigenvalues[::-1][:num_dims], eigenvectors[:, ::-1][:, :num_dims]
     biggest = jnp.argmax(jnp.abs(eigenvectors), axis=0)
     signs = jnp.sign(jnp.take_along_axis(eigenvectors, biggest[None, :], axis=0))

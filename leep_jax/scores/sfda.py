@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from leep_jax.scores import ops
-from leep_jax.scores.feature_sums import matmul
+from leep_jax.scores.feature_sums import matmul, symmetric
 from leep_jax.scores.validation import accumulation_dtype, validate_features
 
 # TencentARC/SFDA: three rounds of its power iteration, shrinkage floored at 1e-10.
@@ -49,7 +49,7 @@ def _class_statistics(features, labels, weights, num_classes):
     means = sums / jnp.where(counts > 0, counts, 1)[:, None]
     deviations = (features - means[labels]) * weights[:, None]
     scatter = matmul(deviations.T, deviations) / jnp.sum(weights)
-    return counts, means, (scatter + scatter.T) / 2
+    return counts, means, symmetric(scatter)
 
 
 def _solve_by_cholesky(matrix, right):
