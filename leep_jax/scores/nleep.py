@@ -164,12 +164,15 @@ def _m_step(x, weights, responsibilities, num_kept):
         centered = x - mean[None, :]
         covariance = symmetric(matmul((centered * column[:, None]).T, centered) / count)
         jitter = dims * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(covariance))
-        covariance = covariance + jnp.diag(REG_COVAR + jnp.where(real, jitter, 0))
+        return covariance + jnp.diag(REG_COVAR + jnp.where(real, jitter, 0))
+
+    def precision_factor(covariance):
         lower = jnp.linalg.cholesky(covariance)
         inverse = jax.scipy.linalg.solve_triangular(lower, jnp.eye(dims, dtype=dtype), lower=True)
         return inverse.T
 
-    precision_cholesky = _component_map(one, (weighted.T, means, counts), num_rows, dims)
+    covariances = _component_map(one, (weighted.T, means, counts), num_rows, dims)
+    precision_cholesky = ops.per_matrix(precision_factor, covariances)
     return jnp.log(counts / jnp.sum(counts)), means, precision_cholesky
 
 

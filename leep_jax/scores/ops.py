@@ -314,3 +314,20 @@ def size_bucket(size: int, limit: int | None = None, *, fine: bool = False) -> i
     while width < size:
         width += max(1, (1 << (width.bit_length() - 1)) // per_octave)
     return width if limit is None else min(width, limit)
+
+
+def per_matrix(fn, *matrices: jax.Array):
+    """``jax.vmap(fn)(*matrices)`` over the leading axis; on CPU one matrix at a time.
+
+    For ``fn`` built on a LAPACK factorisation (``slogdet``, ``cholesky``,
+    ``eigvalsh``). jaxlib 0.10's CPU kernels split a batch of matrices over XLA's
+    intra-op thread pool and block a pool thread until the parts finish: two such calls
+    in flight at once (two Python threads on a 2-core machine, a pool of two) each hold
+    one pool thread and wait forever for the other. One matrix per call runs inline.
+    Other platforms keep the batched call. (A caller's own ``vmap`` batches again.)
+    """
+
+    def looped(*matrices):
+        return jax.lax.map(lambda args: fn(*args), matrices)
+
+    return jax.lax.platform_dependent(*matrices, cpu=looped, default=jax.vmap(fn))

@@ -127,12 +127,12 @@ def coding_rates(grams: jax.Array, counts: jax.Array, eps: float) -> jax.Array:
     dim = grams.shape[-1]
     scales = 1 / (jnp.maximum(counts, 1) * eps)
     grams = symmetric(grams)
-    signs, log_dets = jnp.linalg.slogdet(
-        jnp.eye(dim, dtype=grams.dtype)[None] + grams * scales[:, None, None]
+    signs, log_dets = ops.per_matrix(
+        jnp.linalg.slogdet, jnp.eye(dim, dtype=grams.dtype)[None] + grams * scales[:, None, None]
     )
 
     def by_eigenvalues(_):
-        eigenvalues = jnp.maximum(jnp.linalg.eigvalsh(grams), 0)
+        eigenvalues = jnp.maximum(ops.per_matrix(jnp.linalg.eigvalsh, grams), 0)
         return jnp.sum(jnp.log1p(eigenvalues * scales[:, None]), axis=-1) / 2
 
     rates = jax.lax.cond(
