@@ -83,6 +83,7 @@ from leep_jax.experiments.results import (
 from leep_jax.experiments.rows import Rq4Row, TaskRow
 from leep_jax.experiments.selection import selection
 from leep_jax.experiments.statistics import convergence, summarize
+from leep_jax.models.common import count_params
 from leep_jax.transfer.zoo import SourceSpec, source_metadata, train_source_model
 
 __all__ = ["run_experiment"]
@@ -133,20 +134,26 @@ class _Run:
             self.models[spec.name] = train_source_model(spec, progress=self.progress)
         return self.models[spec.name]
 
-    def model_info(self, spec: SourceSpec) -> dict[str, Any]:
+    @staticmethod
+    def model_info(spec: SourceSpec, model: nnx.Module) -> dict[str, Any]:
         metadata = source_metadata(spec) or {}
-        return {"spec": spec.to_dict(), **{k: v for k, v in metadata.items() if k != "spec"}}
+        # Models cached by older versions lack the parameter count: count it here.
+        return {
+            "spec": spec.to_dict(),
+            **{k: v for k, v in metadata.items() if k != "spec"},
+            "num_params": count_params(model),
+        }
 
     def source(self, pair: Pair) -> nnx.Module:
         """The pair's source model (trained or loaded), its metadata recorded."""
         spec = source_spec(self.config, pair.source)
         model = self._model(spec, "source")
-        self.results.sources.setdefault(str(pair), {}).update(self.model_info(spec))
+        self.results.sources.setdefault(str(pair), {}).update(self.model_info(spec, model))
         return model
 
     def zoo_model(self, spec: SourceSpec) -> nnx.Module:
         model = self._model(spec, "zoo")
-        self.results.zoo[spec.name] = self.model_info(spec)
+        self.results.zoo[spec.name] = self.model_info(spec, model)
         return model
 
     def learning_rates(self, scope: str) -> dict[str, float]:
@@ -286,6 +293,8 @@ def _rq4_work(run: _Run) -> Work:
     for spec in config.zoo:
         ids = [rq4_row_id(t, i, spec.name) for t, n in counts.items() for i in range(n)]
         if all(i in run.done for i in ids):
+            if "num_params" not in run.results.zoo.get(spec.name, {}):
+                run.zoo_model(spec)  # rows of an older version: record the model's size
             continue
         model = run.zoo_model(spec)
         rate = run.learning_rates(learning_rates.RQ4_SCOPE)["fine_tune"]
