@@ -7,6 +7,7 @@ mutation runs and the survivors shown to be equivalent.
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference_features
 
 import leep_jax
 from leep_jax import streaming
@@ -204,3 +205,33 @@ def test_joint_sum_reads_probabilities_and_accumulates_bfloat16_in_float32():
     np.testing.assert_allclose(joint.compute(state), want / n, rtol=1e-6)
     got = leep_jax.joint_distribution(jnp.asarray(probs, jnp.bfloat16), labels, Y)
     np.testing.assert_allclose(got, want / n, rtol=1e-6)
+
+
+@pytest.mark.parametrize("gaussian_type", ["spherical", "diagonal"])
+def test_gbc_counts_a_class_with_a_single_example(gaussian_type):
+    # Every class tight (variances at the 1e-4 floor), so the singleton's pairs carry
+    # weight: a "class present" test of count > 1 would drop them.
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [0.05, 0.0], [0.02, 0.01]])
+    labels = np.array([0] * 20 + [1] * 20 + [2])
+    features = (centres[labels] + 0.01 * rng.normal(size=(41, 2))).astype(np.float32)
+    got = leep_jax.gbc(features, labels, 3, gaussian_type=gaussian_type)
+    want = reference_features.gbc(features, labels, 3, gaussian_type)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gaussian_type", ["spherical", "diagonal"])
+def test_gbc_is_exact_for_features_far_from_zero(gaussian_type):
+    # Sums of squares of features near 300 lose the variance in float32 unless the rows
+    # are shifted first: in memory by their mean, streamed by the accumulator's shift.
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 600)
+    features = (300 + 0.5 * rng.normal(size=(600, 8)) + 0.3 * labels[:, None]).astype(np.float32)
+    want = reference_features.gbc(features, labels, 3, gaussian_type)
+    got = leep_jax.gbc(features, labels, 3, gaussian_type=gaussian_type)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    acc = streaming.gbc(3, 8, gaussian_type=gaussian_type, shift=features[:64].mean(axis=0))
+    state = acc.init()
+    for start in range(0, 600, 128):
+        state = acc.update(state, features[start : start + 128], labels[start : start + 128])
+    np.testing.assert_allclose(acc.compute(state), want, rtol=1e-3)
