@@ -36,14 +36,14 @@ _SCRIPT = textwrap.dedent(
     expected = float(call(features))  # compiled once, outside the threads
     results = []
 
-    def work(barrier, offset):
+    def work(barrier):
         for _ in range(3):
             barrier.wait()
-            results.append(float(call(features + offset)))
+            results.append(float(call(features)))
 
-    for trial in range(4):
+    for _ in range(4):
         barrier = threading.Barrier(2)
-        threads = [threading.Thread(target=work, args=(barrier, 0.0)) for _ in range(2)]
+        threads = [threading.Thread(target=work, args=(barrier,)) for _ in range(2)]
         for t in threads:
             t.start()
         for t in threads:
