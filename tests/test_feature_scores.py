@@ -455,3 +455,38 @@ def test_any_batch_split_mask_and_merge_order_give_the_in_memory_score(n, cuts, 
             np.testing.assert_allclose(
                 float(accumulator.compute(merged)), want, rtol=2e-4, atol=1e-5, err_msg=name
             )
+
+
+def _dot_precisions(jaxpr):
+    """The ``precision`` of every dot_general in ``jaxpr`` and the jaxprs nested in it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    found += _dot_precisions(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    found += _dot_precisions(sub)
+    return found
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["h_score", "logme", "regularized_h_score", "transrate", "sfda", "parc", "nleep"],
+)
+def test_every_matmul_asks_for_highest_precision(name):
+    # CPU matmuls are full float32 whatever the precision, so only the program shows it:
+    # at DEFAULT, TPUs (bfloat16 passes) and GPUs (TF32) lose the covariances.
+    score = getattr(leep_jax, name)
+    if name == "nleep":
+        score = functools.partial(score, key=jax.random.key(0))
+    features, labels = _problem(n=40, d=6)
+    program = jax.make_jaxpr(lambda f, y: score(f, y, C, validate_inputs=False))(
+        jnp.asarray(features), jnp.asarray(labels)
+    )
+    precisions = _dot_precisions(program.jaxpr)
+    assert precisions, "no matmul traced"
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert all(p == highest for p in precisions), precisions

@@ -153,11 +153,13 @@ def transrate_from_sums(sums: TransRateSums, eps: float) -> jax.Array:
     class_means = sums.class_sum / safe_counts[:, None]
     offsets = class_means - (sums.feature_sum / sums.count)[None, :]
     offsets = jnp.where(present[:, None], offsets, 0)
+    # HIGHEST for these outer products too: a default-precision einsum may run in bfloat16
+    # passes on TPUs (TF32 on GPUs), and the scatter is a difference of large terms.
+    outer = functools.partial(jnp.einsum, "c,cd,ce->cde", precision=HIGHEST)
     within = (
-        sums.class_outer_sum
-        - jnp.einsum("c,cd,ce->cde", safe_counts, class_means, class_means) * present[:, None, None]
+        sums.class_outer_sum - outer(safe_counts, class_means, class_means) * present[:, None, None]
     )
-    class_grams = within + jnp.einsum("c,cd,ce->cde", sums.class_count, offsets, offsets)
+    class_grams = within + outer(sums.class_count, offsets, offsets)
     grams = jnp.concatenate([jnp.sum(class_grams, axis=0)[None], class_grams])
     rates = coding_rates(grams, jnp.concatenate([sums.count[None], sums.class_count]), eps)
     total_rate, class_rates = rates[0], rates[1:]
