@@ -12,8 +12,19 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_x64", False)
 
 assert len(jax.devices()) == 8, f"expected 8 simulated CPU devices, got {jax.devices()}"
+
+
+@pytest.fixture(autouse=True)
+def _retrace_in_mutmut_stats():
+    """mutmut's stats run (scripts/mutation.sh) records which tests call each function,
+    and a jitted function is only called when it is traced: without clearing JAX's
+    caches, a test whose shapes an earlier test compiled would not count as covering it,
+    and its mutants would never meet that test."""
+    if os.environ.get("MUTANT_UNDER_TEST") == "stats":
+        jax.clear_caches()

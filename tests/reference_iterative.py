@@ -77,13 +77,19 @@ def sfda(features, labels):
 
 
 def pca_scores(features, num_dims):
-    """Exact PCA scores with scikit-learn's sign convention (largest |entry| positive)."""
+    """Exact PCA scores with scikit-learn's sign convention (largest |entry| positive).
+
+    Axes whose variance is below float32 resolution (``D * eps32`` of the largest) are
+    zero columns, as leep_jax documents (in float64 they would be tiny noise).
+    """
     x = np.asarray(features, np.float64)
     centered = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(centered, full_matrices=False)
+    _, singular_values, vt = np.linalg.svd(centered, full_matrices=False)
+    variances = singular_values[:num_dims] ** 2
+    kept = variances > x.shape[1] * np.finfo(np.float32).eps * singular_values[0] ** 2
     vt = vt[:num_dims]
     signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
-    return centered @ (vt * signs[:, None]).T
+    return centered @ (vt * signs[:, None]).T * kept
 
 
 def parc(features, labels, num_dims=32):

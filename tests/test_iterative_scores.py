@@ -189,6 +189,47 @@ def test_parc_degenerate_inputs():
         leep_jax.parc(features, labels, NUM_CLASSES, num_dims=0)
 
 
+def test_sfda_mask_with_class_zero_absent():
+    # Masked rows take label 0 inside; class 0 being absent must not make them NaN.
+    features, labels = class_data(15, present=[1, 2, 3, 4])
+    keep = np.arange(len(labels)) % 6 != 0
+    got = leep_jax.sfda(features, labels, NUM_CLASSES, mask=jnp.asarray(keep))
+    assert float(got) == pytest.approx(ref.sfda(features[keep], labels[keep]), abs=1e-4)
+
+
+def test_principal_components_signs_and_weights_match_reference():
+    # The signs matter (a flipped column changes the row correlations); rows of weight 0
+    # (masked; _parc zeroes their features first) take no part and score 0.
+    keep = np.arange(61) % 4 != 2
+    for seed in range(4):
+        features, _ = class_data(20 + seed, n=61)
+        padded = np.where(keep[:, None], features, 0).astype(np.float32)
+        got = parc_module.principal_components(
+            jnp.asarray(padded), jnp.asarray(keep, jnp.float32), 3
+        )
+        got = np.asarray(got)
+        np.testing.assert_allclose(got[keep], ref.pca_scores(features[keep], 3), atol=1e-4)
+        np.testing.assert_array_equal(got[~keep], 0)
+
+
+def test_parc_with_pca_and_mask_matches_reference():
+    features, labels = class_data(13, n=61)
+    keep = np.arange(61) % 5 != 1
+    padded = np.where(keep[:, None], features, 1e6).astype(np.float32)
+    got = leep_jax.parc(padded, labels, NUM_CLASSES, num_dims=3, mask=jnp.asarray(keep))
+    assert float(got) == pytest.approx(ref.parc(features[keep], labels[keep], 3), abs=1e-3)
+
+
+def test_parc_zeroes_principal_axes_without_variance():
+    # Repeated columns at a large scale: two axes of zero variance whose float32
+    # eigenvalues are roundoff of the largest; kept, they would be standardised noise.
+    features, labels = class_data(14, n=61, scale=1000.0)
+    features[:, 4] = features[:, 0]
+    features[:, 5] = features[:, 1]
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=6))
+    assert got == pytest.approx(ref.parc(features, labels, 6), abs=1e-3)
+
+
 # ----------------------------------------------------------------------------- NLEEP
 
 NLEEP_CLASSES = 3

@@ -29,24 +29,24 @@ def tree_sum(values: jax.Array) -> jax.Array:
 
 
 def principal_components(features, weights, num_dims):
-    """Scores on the top ``num_dims`` principal axes, ``[n, num_dims]``, and variances.
+    """Scores on the top ``num_dims`` principal axes of the weighted rows, ``[n, num_dims]``.
 
-    Eigenvectors get scikit-learn's sign convention (largest-magnitude entry positive).
-    Axes whose variance is below float32 resolution are returned as zero columns.
+    Eigenvectors get scikit-learn's sign convention (largest-magnitude entry positive;
+    an eigenvector has unit norm, so that entry is not 0). Axes whose variance is below
+    float32 resolution are returned as zero columns. The scatter is not divided by the
+    weight total: its scale changes neither the axes nor the relative cutoff.
     """
-    total = jnp.sum(weights)
-    mean = jnp.sum(features * weights[:, None], axis=0) / total
+    mean = jnp.sum(features * weights[:, None], axis=0) / jnp.sum(weights)
     centered = (features - mean[None, :]) * weights[:, None]
-    covariance = matmul(centered.T, centered) / total
-    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric(covariance))
+    eigenvalues, eigenvectors = jnp.linalg.eigh(symmetric(matmul(centered.T, centered)))
     eigenvalues, eigenvectors = eigenvalues[::-1][:num_dims], eigenvectors[:, ::-1][:, :num_dims]
     biggest = jnp.argmax(jnp.abs(eigenvectors), axis=0)
-    signs = jnp.sign(jnp.take_along_axis(eigenvectors, biggest[None, :], axis=0))
-    eigenvectors = eigenvectors * jnp.where(signs == 0, 1, signs)
+    eigenvectors = eigenvectors * jnp.sign(
+        jnp.take_along_axis(eigenvectors, biggest[None, :], axis=0)
+    )
     cutoff = features.shape[1] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(eigenvalues)
     kept = eigenvalues > cutoff
-    scores = matmul(centered, eigenvectors)
-    return jnp.where(kept[None, :], scores, 0), jnp.where(kept, eigenvalues, 0)
+    return jnp.where(kept[None, :], matmul(centered, eigenvectors), 0)
 
 
 def _standardize(features, weights):
@@ -148,7 +148,7 @@ def _parc(features, labels, mask, num_target_classes, num_dims):
     weights = valid.astype(dtype)
     features = jnp.where(valid[:, None], features.astype(dtype), 0)
     if num_dims is not None:
-        features, _ = principal_components(features, weights, min(num_dims, features.shape[1]))
+        features = principal_components(features, weights, min(num_dims, features.shape[1]))
     unit_rows = _row_normalize(_standardize(features, weights))
     correlation = matmul(unit_rows, unit_rows.T)
     partners, duplicate = _pair_layout(features.shape[0])

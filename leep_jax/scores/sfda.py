@@ -29,7 +29,6 @@ def _largest_eigenvalue(matrix):
         return v / jnp.where(norm > 0, norm, 1)
 
     x = jnp.sum(matrix, axis=1)
-    y = x
     for _ in range(_POWER_ITERATIONS):
         y = unit(matmul(matrix, x))
         x = unit(matmul(matrix, y))
