@@ -23,11 +23,14 @@ def softmax(logits):
 def power_iteration_eigenvalue(matrix, rounds=3):
     """Largest eigenvalue by the SFDA paper's power iterations from the row sums."""
     x = matrix.sum(axis=1)
+
+    def unit(v):  # a zero vector stays 0 (the peer's 0/0 is NaN)
+        norm = np.linalg.norm(v)
+        return v / norm if norm > 0 else v
+
     for _ in range(rounds):
-        y = matrix @ x
-        y = y / np.linalg.norm(y)
-        x = matrix @ y
-        x = x / np.linalg.norm(x)
+        y = unit(matrix @ x)
+        x = unit(matrix @ y)
     return x @ matrix @ y
 
 
@@ -51,6 +54,10 @@ def fisher_probabilities(x, classes, shrinkage=None):
     centered = x - x.mean(axis=0)
     total = _shrink(centered.T @ centered / n, shrinkage)
     within = _shrink(within, shrinkage)
+    # leep_jax's ridge at float32 resolution, which is the identity for a zero scatter
+    # (every example on its class mean), where the peer's eigh fails.
+    ridge = np.finfo(np.float32).eps * np.max(np.diag(within))
+    within = within + (ridge if ridge > 0 else 1.0) * np.eye(len(within))
     _, vectors = scipy.linalg.eigh(total - within, within)  # V^T S_w V = I
     coefficients = means @ vectors @ vectors.T
     intercepts = -0.5 * np.sum(means * coefficients, axis=1) + np.log(priors)

@@ -85,12 +85,38 @@ def test_sfda_degenerate_inputs_are_finite():
     assert one_class == pytest.approx(1.0)
     # Every example on its class mean: zero within-class scatter.
     collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)
-    assert np.isfinite(float(leep_jax.sfda(collapsed, labels, NUM_CLASSES)))
+    got = float(leep_jax.sfda(collapsed, labels, NUM_CLASSES))
+    assert got == pytest.approx(ref.sfda(collapsed, labels), abs=1e-4)
+    # The score saturates (the second pass's scatter is rounding noise), so check the
+    # first pass, LDA with the identity standing in for the zero scatter, on its own.
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    first, _, _, _ = sfda_module._fda_probabilities(
+        jnp.asarray(collapsed), jnp.asarray(labels), jnp.ones(len(labels)), NUM_CLASSES, None
+    )
+    np.testing.assert_allclose(first, ref.fisher_probabilities(collapsed, labels)[0], atol=1e-5)
     # Singular within-class scatter (repeated columns) and shrinkage clamped at 1e-10.
     singular = 5 * features.copy()
     singular[:, 4:] = singular[:, :1]
     score = float(leep_jax.sfda(singular, labels, NUM_CLASSES))
     assert 0 < score <= 1
+
+
+def test_sfda_ridge_lets_cholesky_factor_singular_scatters(monkeypatch):
+    # The eps * max-diagonal ridge (the identity for a zero scatter) keeps the within-class
+    # scatter positive definite, so the eigh fallback, 13x slower at D = 1024, stays unused.
+    # Eagerly, lax.cond calls only the branch it takes.
+    sfda_module = importlib.import_module("leep_jax.scores.sfda")
+    calls = []
+    real = sfda_module._solve_by_eigh
+    monkeypatch.setattr(sfda_module, "_solve_by_eigh", lambda *args: calls.append(1) or real(*args))
+    features, labels = class_data(5)
+    singular = 5 * features.copy()  # shrinkage clamped at 1e-10, repeated columns
+    singular[:, 4:] = singular[:, :1]
+    collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)  # zero scatter
+    with jax.disable_jit():
+        for inputs in (features, singular, collapsed):
+            assert np.isfinite(float(leep_jax.sfda(inputs, labels, NUM_CLASSES)))
+    assert calls == []
 
 
 def test_sfda_eigh_fallback_solves_and_floors():
