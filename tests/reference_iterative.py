@@ -104,8 +104,10 @@ def parc(features, labels, num_dims=32):
     x = np.asarray(features, np.float64)
     if num_dims is not None:
         x = pca_scores(x, min(num_dims, x.shape[1]))
-    std = x.std(axis=0)
-    z = (x - x.mean(axis=0)) / np.where(std > 0, std, 1)
+    # A constant column is 0, as scikit-learn's StandardScaler makes it: its rounded
+    # mean would otherwise leave a tiny std, and dividing by it a column of +-1.
+    std = np.where(np.ptp(x, axis=0) > 0, x.std(axis=0), 0)
+    z = np.where(std > 0, (x - x.mean(axis=0)) / np.where(std > 0, std, 1), 0)
     _, classes = np.unique(np.asarray(labels), return_inverse=True)
     one_hot = np.eye(classes.max() + 1)[classes]
     upper = np.triu_indices(len(x), 1)

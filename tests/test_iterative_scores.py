@@ -246,6 +246,23 @@ def test_parc_with_pca_and_mask_matches_reference():
     assert float(got) == pytest.approx(ref.parc(features[keep], labels[keep], 3), abs=1e-3)
 
 
+def test_parc_zeroes_a_constant_column_whose_mean_rounds():
+    # In float32 the mean of 49 copies of 0.3 is not 0.3: centred, the column is a
+    # constant ~6e-8 with a variance > 0, which standardised would be a column of +-1.
+    # Its spread over the kept rows (0) marks it constant, as in scikit-learn.
+    features, labels = class_data(16, n=61)
+    features[:, 2] = 0.3
+    keep = np.arange(61) % 5 != 1
+    padded = np.where(keep[:, None], features, -7.0).astype(np.float32)
+    got = leep_jax.parc(padded, labels, NUM_CLASSES, num_dims=None, mask=jnp.asarray(keep))
+    assert float(got) == pytest.approx(ref.parc(features[keep], labels[keep], None), abs=1e-3)
+    # A column of variance exactly 1 (+-1, mean exactly 0) is an ordinary column.
+    features, labels = class_data(17, n=60)
+    features[:, 3] = np.where(np.arange(60) % 2 == 0, 1.0, -1.0)
+    got = leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None)
+    assert float(got) == pytest.approx(ref.parc(features, labels, None), abs=1e-3)
+
+
 def test_parc_zeroes_principal_axes_without_variance():
     # Repeated columns at a large scale: two axes of zero variance whose float32
     # eigenvalues are roundoff of the largest; kept, they would be standardised noise.
