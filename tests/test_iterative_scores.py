@@ -213,6 +213,9 @@ def test_parc_degenerate_inputs():
     assert np.isfinite(float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None)))
     with pytest.raises(ValueError, match="num_dims"):
         leep_jax.parc(features, labels, NUM_CLASSES, num_dims=0)
+    # A constant row has no correlation (NaN in NumPy): it becomes 0, correlation 0.
+    rows = parc_module._row_normalize(jnp.array([[2.0, 2.0, 2.0], [1.0, 2.0, 3.0]]))
+    np.testing.assert_allclose(rows, [[0, 0, 0], [-(0.5**0.5), 0, 0.5**0.5]], rtol=1e-6)
 
 
 def test_sfda_mask_with_class_zero_absent():
