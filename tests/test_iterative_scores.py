@@ -171,6 +171,14 @@ def test_parc_matches_reference(n, num_dims):
     assert got == pytest.approx(ref.parc(features, labels, num_dims), abs=1e-3)
 
 
+def test_parc_keeps_32_principal_components_by_default():
+    # The peer's default (TencentARC/SFDA projects on 32 components).
+    features, labels = class_data(18, n=61, dims=40)
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES))
+    assert got == pytest.approx(ref.parc(features, labels, 32), abs=1e-3)
+    assert got != pytest.approx(ref.parc(features, labels, 33), abs=1e-3)
+
+
 def test_parc_absent_classes():
     features, labels = class_data(7, n=60, present=[1, 3, 4])
     got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None))
