@@ -179,6 +179,27 @@ def test_parc_keeps_32_principal_components_by_default():
     assert got != pytest.approx(ref.parc(features, labels, 33), abs=1e-3)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the reference's 1-value rows
+def test_parc_takes_one_component_and_at_most_46340_examples(monkeypatch):
+    features, labels = class_data(19, n=61)
+    # One component is allowed; a row of one value has no correlation with another, so
+    # every dissimilarity is 1 and rho undefined, as in the reference.
+    got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=1))
+    assert np.isnan(got) and np.isnan(ref.parc(features, labels, 1))
+    # The limit of the int32 pair ranks, checked before the O(n^2) kernel (stubbed here:
+    # 46,340 examples would take ~13 GB).
+    reached = []
+    monkeypatch.setattr(parc_module, "_parc", lambda *args: reached.append(args[0].shape[0]))
+    labels = np.arange(46_341, dtype=np.int32) % NUM_CLASSES
+    features = np.zeros((46_341, 2), np.float32)
+    with pytest.raises(
+        ValueError, match=r"at most 46340 examples \(int32 pair ranks\), got 46341;"
+    ):
+        leep_jax.parc(features, labels, NUM_CLASSES)
+    leep_jax.parc(features[:-1], labels[:-1], NUM_CLASSES)
+    assert reached == [46_340]
+
+
 def test_parc_absent_classes():
     features, labels = class_data(7, n=60, present=[1, 3, 4])
     got = float(leep_jax.parc(features, labels, NUM_CLASSES, num_dims=None))
