@@ -156,6 +156,21 @@ def test_spearman_with_binary_matches_scipy_with_ties(seed):
     assert float(got) == pytest.approx(want, abs=2e-6)
 
 
+def test_spearman_with_binary_counts_a_tie_group_beyond_2_to_the_24():
+    # PARC ranks n(n-1)/2 pairs: from n ~ 5,800 a tie group (duplicate examples) can
+    # hold more than 2^24 entries, past which float32 counts stop at 2^24; the int32
+    # counts stay exact. Two tie groups: Spearman is the phi coefficient of the table.
+    big, small = 2**24 + 2**22, 2**22
+    values = np.zeros(big + small, np.float32)
+    values[big:] = 1.0
+    same = np.concatenate([np.arange(big) % 3 == 0, np.arange(small) % 2 == 0])
+    got = parc_module.spearman_with_binary(
+        jnp.asarray(values), jnp.asarray(same), jnp.ones(big + small, bool)
+    )
+    want = np.corrcoef(values.astype(np.float64), ~same)[0, 1]
+    assert float(got) == pytest.approx(want, rel=1e-5)
+
+
 def test_tree_sum_is_accurate():
     values = np.random.default_rng(0).random(300_001).astype(np.float32)
     assert float(parc_module.tree_sum(jnp.asarray(values))) == pytest.approx(
