@@ -159,11 +159,12 @@ def test_spearman_with_binary_matches_scipy_with_ties(seed):
 def test_spearman_with_binary_counts_a_tie_group_beyond_2_to_the_24():
     # PARC ranks n(n-1)/2 pairs: from n ~ 5,800 a tie group (duplicate examples) can
     # hold more than 2^24 entries, past which float32 counts stop at 2^24; the int32
-    # counts stay exact. Two tie groups: Spearman is the phi coefficient of the table.
+    # counts stay exact (the group's size and its "same" entries both pass 2^24). Two tie
+    # groups: Spearman's rho is then the phi coefficient of the 2x2 table.
     big, small = 2**24 + 2**22, 2**22
     values = np.zeros(big + small, np.float32)
     values[big:] = 1.0
-    same = np.concatenate([np.arange(big) % 3 == 0, np.arange(small) % 2 == 0])
+    same = np.concatenate([np.arange(big) % 8 != 0, np.arange(small) % 2 == 0])  # 18e6 same
     got = parc_module.spearman_with_binary(
         jnp.asarray(values), jnp.asarray(same), jnp.ones(big + small, bool)
     )
