@@ -136,6 +136,18 @@ def test_sfda_eigh_fallback_solves_and_floors():
         jnp.asarray(singular - np.eye(6, dtype=np.float32)), jnp.asarray(right)
     )
     assert not bool(ok)  # what sends _fda_probabilities to the eigh path
+    # A factor that exists (finite) with a solve that overflows fails too.
+    tiny = jnp.diag(jnp.array([1.0, 1e-37], jnp.float32))
+    _, ok = sfda_module._solve_by_cholesky(tiny, jnp.array([[1.0], [100.0]]))
+    assert np.all(np.isfinite(jnp.linalg.cholesky(tiny))) and not bool(ok)
+    # Eigenvalues are raised to eps * max (float32 eps), and to 1 for a zero matrix.
+    diagonal = np.diag([4.0, 1.0, 0, 0, 0, 0]).astype(np.float32)
+    floor = 4 * np.finfo(np.float32).eps
+    want = right / np.array([4.0, 1.0, floor, floor, floor, floor], np.float32)[:, None]
+    got = sfda_module._solve_by_eigh(jnp.asarray(diagonal), jnp.asarray(right))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    zero = sfda_module._solve_by_eigh(jnp.zeros((6, 6)), jnp.asarray(right))
+    np.testing.assert_allclose(zero, right, rtol=1e-6)
     assert np.all(
         np.isfinite(sfda_module._solve_by_eigh(jnp.asarray(singular), jnp.asarray(right)))
     )
@@ -154,6 +166,14 @@ def test_spearman_with_binary_matches_scipy_with_ties(seed):
     # The binary variable as PARC has it: 0 for same-class pairs, a constant otherwise.
     want = scipy.stats.spearmanr(values[valid], np.where(same, 0.0, 1.25)[valid])[0]
     assert float(got) == pytest.approx(want, abs=2e-6)
+
+
+def test_spearman_with_binary_of_three_entries():
+    # The smallest defined case (the pairs of three examples); rho's denominator is < 1.
+    values, same = np.array([0.1, 0.2, 0.3], np.float32), np.array([True, False, False])
+    got = parc_module.spearman_with_binary(values, same, np.ones(3, bool))
+    want = scipy.stats.spearmanr(values, ~same)[0]
+    assert float(got) == pytest.approx(want, abs=1e-6)
 
 
 def test_spearman_with_binary_counts_a_tie_group_beyond_2_to_the_24():
