@@ -4,6 +4,7 @@
 import doctest
 import functools
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -265,6 +266,57 @@ def test_logme_regression_mask():
     got = float(leep_jax.logme_regression(features, targets, mask=mask))
     expected = float(leep_jax.logme_regression(features[mask], targets[mask]))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_logme_regression_mask_hides_bad_rows_and_may_be_traced_alone():
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(50, 4)).astype(np.float32)
+    targets = rng.normal(size=(50, 2)).astype(np.float32)
+    mask = np.arange(50) % 5 != 0
+    expected = float(leep_jax.logme_regression(features[mask], targets[mask]))
+    poisoned = features.copy()
+    poisoned[~mask] = np.nan  # masked rows are never checked nor read
+    got = leep_jax.logme_regression(poisoned, targets, mask=mask)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-5)
+    # Any one argument traced: the value checks skip (they need concrete arrays).
+    by_targets = jax.jit(lambda t: leep_jax.logme_regression(features, t, mask=mask))
+    by_mask = jax.jit(lambda m: leep_jax.logme_regression(features, targets, mask=m))
+    np.testing.assert_allclose(float(by_targets(targets)), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(by_mask(mask)), expected, rtol=1e-5)
+    # One example, one feature, one target are enough.
+    for f, y in ((features[:1], targets[:1]), (features[:, :1], targets[:, :1])):
+        assert not np.isnan(float(leep_jax.logme_regression(f, y)))
+
+
+@pytest.mark.parametrize(
+    ("features", "targets", "mask", "message"),
+    [
+        ((5,), (5, 2), None, "features must be 2-D [n, D], got shape (5,)"),
+        ((5, 3), (5,), None, "targets must be 2-D [n, K], got shape (5,)"),
+        ("int", (5, 2), None, "features must be floating point, got dtype int32"),
+        ((5, 3), "int", None, "targets must be floating point, got dtype int32"),
+        ((5, 3), (4, 2), None, "length mismatch: features has 5 rows but targets has 4"),
+        (
+            (0, 3),
+            (0, 2),
+            None,
+            "empty input: features (0, 3), targets (0, 2); a score needs "
+            "at least one example, feature and target",
+        ),
+        ((5, 0), (5, 2), None, "empty input: features (5, 0)"),
+        ((5, 3), (5, 0), None, "empty input: features (5, 3), targets (5, 0)"),
+        ((5, 3), (5, 2), np.ones(4, bool), "mask must have shape (5,), got (4,)"),
+        ((5, 3), (5, 2), np.ones(5, np.int32), "mask must be boolean, got dtype int32"),
+    ],
+)
+def test_logme_regression_errors_name_the_problem(features, targets, mask, message):
+    def array(shape):
+        if shape == "int":
+            return np.ones((5, 3), np.int32)
+        return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        leep_jax.logme_regression(array(features), array(targets), mask=mask)
 
 
 def test_vmap_over_a_zoo_matches_loop_and_jit_matches_eager():
