@@ -319,6 +319,32 @@ def test_logme_regression_errors_name_the_problem(features, targets, mask, messa
         leep_jax.logme_regression(array(features), array(targets), mask=mask)
 
 
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("no rows", "mask excludes every example; a score needs at least one"),
+        ("nan feature", "features contain NaN or Inf"),
+        ("inf target", "targets contain NaN or Inf"),
+        ("zero target", "target column 1 is zero on every example: its evidence is unbounded"),
+    ],
+)
+def test_logme_regression_value_errors_name_the_problem(problem, message):
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(6, 3)).astype(np.float32)
+    targets = rng.normal(size=(6, 2)).astype(np.float32)
+    mask = np.ones(6, bool)
+    if problem == "no rows":
+        mask[:] = False
+    elif problem == "nan feature":
+        features[2, 1] = np.nan
+    elif problem == "inf target":
+        targets[4, 0] = np.inf
+    else:
+        targets[:, 1] = 0
+    with pytest.raises(ValueError, match=re.escape(message)):
+        leep_jax.logme_regression(features, targets, mask=mask)
+
+
 def test_vmap_over_a_zoo_matches_loop_and_jit_matches_eager():
     features, labels = _problem(10)
     zoo = np.stack([features * s + s for s in (0.5, 2.0)]).astype(np.float32)
