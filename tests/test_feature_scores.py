@@ -303,8 +303,20 @@ def test_logme_regression_mask_hides_bad_rows_and_may_be_traced_alone():
             "empty input: features (0, 3), targets (0, 2); a score needs "
             "at least one example, feature and target",
         ),
-        ((5, 0), (5, 2), None, "empty input: features (5, 0)"),
-        ((5, 3), (5, 0), None, "empty input: features (5, 3), targets (5, 0)"),
+        (
+            (5, 0),
+            (5, 2),
+            None,
+            "empty input: features (5, 0), targets (5, 2); a score needs "
+            "at least one example, feature and target",
+        ),
+        (
+            (5, 3),
+            (5, 0),
+            None,
+            "empty input: features (5, 3), targets (5, 0); a score needs "
+            "at least one example, feature and target",
+        ),
         ((5, 3), (5, 2), np.ones(4, bool), "mask must have shape (5,), got (4,)"),
         ((5, 3), (5, 2), np.ones(5, np.int32), "mask must be boolean, got dtype int32"),
     ],
@@ -315,7 +327,7 @@ def test_logme_regression_errors_name_the_problem(features, targets, mask, messa
             return np.ones((5, 3), np.int32)
         return np.random.default_rng(0).normal(size=shape).astype(np.float32)
 
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         leep_jax.logme_regression(array(features), array(targets), mask=mask)
 
 
@@ -341,7 +353,7 @@ def test_logme_regression_value_errors_name_the_problem(problem, message):
         targets[4, 0] = np.inf
     else:
         targets[:, 1] = 0
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         leep_jax.logme_regression(features, targets, mask=mask)
 
 
