@@ -20,6 +20,7 @@ import leep_jax
 
 parc_module = importlib.import_module("leep_jax.scores.parc")
 nleep_module = importlib.import_module("leep_jax.scores.nleep")
+sfda_module = importlib.import_module("leep_jax.scores.sfda")
 
 NUM_CLASSES = 5
 
@@ -79,24 +80,29 @@ def test_sfda_mask_drops_rows_and_jit_matches_eager():
     assert float(jitted) == pytest.approx(float(eager), abs=1e-6)
 
 
-def test_sfda_degenerate_inputs_are_finite():
+def sfda_degenerate_data():
+    """Class data, and two degenerate versions of it: ``singular`` (repeated columns, the
+    shrinkage clamped at 1e-10) and ``collapsed`` (every example on its class mean: zero
+    within-class scatter)."""
     features, labels = class_data(5)
+    singular = 5 * features.copy()
+    singular[:, 4:] = singular[:, :1]
+    collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)
+    return features, singular, collapsed, labels
+
+
+def test_sfda_degenerate_inputs_are_finite():
+    features, singular, collapsed, labels = sfda_degenerate_data()
     one_class = float(leep_jax.sfda(features, np.zeros_like(labels), NUM_CLASSES))
     assert one_class == pytest.approx(1.0)
-    # Every example on its class mean: zero within-class scatter.
-    collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)
     got = float(leep_jax.sfda(collapsed, labels, NUM_CLASSES))
     assert got == pytest.approx(ref.sfda(collapsed, labels), abs=1e-4)
     # The score saturates (the second pass's scatter is rounding noise), so check the
     # first pass, LDA with the identity standing in for the zero scatter, on its own.
-    sfda_module = importlib.import_module("leep_jax.scores.sfda")
     first, _, _, _ = sfda_module._fda_probabilities(
         jnp.asarray(collapsed), jnp.asarray(labels), jnp.ones(len(labels)), NUM_CLASSES, None
     )
     np.testing.assert_allclose(first, ref.fisher_probabilities(collapsed, labels)[0], atol=1e-5)
-    # Singular within-class scatter (repeated columns) and shrinkage clamped at 1e-10.
-    singular = 5 * features.copy()
-    singular[:, 4:] = singular[:, :1]
     score = float(leep_jax.sfda(singular, labels, NUM_CLASSES))
     assert 0 < score <= 1
 
@@ -105,14 +111,10 @@ def test_sfda_ridge_lets_cholesky_factor_singular_scatters(monkeypatch):
     # The eps * max-diagonal ridge (the identity for a zero scatter) keeps the within-class
     # scatter positive definite, so the eigh fallback, 13x slower at D = 1024, stays unused.
     # Eagerly, lax.cond calls only the branch it takes.
-    sfda_module = importlib.import_module("leep_jax.scores.sfda")
     calls = []
     real = sfda_module._solve_by_eigh
     monkeypatch.setattr(sfda_module, "_solve_by_eigh", lambda *args: calls.append(1) or real(*args))
-    features, labels = class_data(5)
-    singular = 5 * features.copy()  # shrinkage clamped at 1e-10, repeated columns
-    singular[:, 4:] = singular[:, :1]
-    collapsed = (2.0 * np.eye(NUM_CLASSES, 6)[labels]).astype(np.float32)  # zero scatter
+    features, singular, collapsed, labels = sfda_degenerate_data()
     with jax.disable_jit():
         for inputs in (features, singular, collapsed):
             assert np.isfinite(float(leep_jax.sfda(inputs, labels, NUM_CLASSES)))
@@ -120,7 +122,6 @@ def test_sfda_ridge_lets_cholesky_factor_singular_scatters(monkeypatch):
 
 
 def test_sfda_eigh_fallback_solves_and_floors():
-    sfda_module = importlib.import_module("leep_jax.scores.sfda")
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 6))
     matrix = (a @ a.T + np.eye(6)).astype(np.float32)
@@ -423,7 +424,6 @@ def test_docstring_examples(name):
 
 
 def test_each_kernel_compiles_once_per_shape():
-    sfda_module = importlib.import_module("leep_jax.scores.sfda")
     features, labels = class_data(10)
     _, small_labels = class_data(11, n=60)
     nleep_features, nleep_labels = mixture_data(4)
