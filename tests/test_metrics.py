@@ -331,3 +331,41 @@ def test_one_pass_feature_scores_as_metrics(name):
     shards = {k: v.reshape(8, 8, *v.shape[1:]) for k, v in data.items()}
     reduced = jax.vmap(lambda s: Metric.from_model_output(**s))(shards).reduce()
     np.testing.assert_allclose(float(reduced.compute()), float(want), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_factories_read_their_default_and_renamed_outputs(renamed):
+    # Built inside the test: the module-level classes above are made at import, where
+    # mutation testing's coverage run cannot see which test depends on the factories.
+    data = make_problem(9)
+    batch, mask, logit_names, feature_names = data, data["mask"], {}, {}
+    if renamed:
+        # With mask=None the output named "mask" is there but not read.
+        batch = {"scores": data["logits"], "y": data["labels"], "f": data["features"]}
+        batch["mask"] = data["mask"]
+        mask, logit_names = None, {"predictions": "scores", "labels": "y", "mask": None}
+        feature_names = {"features": "f", "labels": "y", "mask": None}
+    classes = {
+        "Joint": metrics.joint(Y, Z, **logit_names),
+        "NCE": metrics.nce(Y, Z, **logit_names),
+        "HScore": metrics.h_score(Y, D, **feature_names),
+    }
+    state = {name: cls.from_model_output(**batch) for name, cls in classes.items()}
+    eep = metrics.log_eep(Y, Z, **logit_names).from_model_output(
+        **batch, conditional=metrics.conditional(state["Joint"])
+    )
+    assert [type(m).__name__ for m in (*state.values(), eep)] == [*state, "LogEEP"]
+    got = {
+        "leep": eep.compute(),
+        "nce": state["NCE"].compute(),
+        "h_score": state["HScore"].compute(),
+    }
+    assert_scores(got, in_memory({**data, "mask": mask}))
+    for name, (factory, score) in FEATURE_METRICS.items():
+        metric = factory(Y, D, **feature_names)
+        want = score(data["features"], data["labels"], Y, mask=mask)
+        got = metric.from_model_output(**batch).compute()
+        np.testing.assert_allclose(float(got), float(want), rtol=1e-4, err_msg=name)
+    assert [f(Y, D).__name__ for f, _ in FEATURE_METRICS.values()] == [
+        "LogME", "RegularizedHScore", "TransRate", "GBC"
+    ]  # fmt: skip
