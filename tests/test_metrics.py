@@ -325,8 +325,13 @@ def test_one_pass_feature_scores_as_metrics(name):
     data = make_problem(8)
     want = score(data["features"], data["labels"], Y, mask=data["mask"])
     # One shift for every batch (a rough mean), as the metric's docstring asks.
-    Metric = factory(Y, D, shift=data["features"][:9].mean(0))
+    shift = data["features"][:9].mean(0)
+    Metric = factory(Y, D, shift=shift)
     merged = tree_merge([Metric.from_model_output(**batch) for batch in ragged_batches(data)])
+    # The state is the accumulator's, with that shift.
+    acc = getattr(streaming, name)(Y, D, shift=shift)
+    sums = acc.update(acc.init(), data["features"], data["labels"], data["mask"])
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, atol=1e-4), merged.state, sums)
     np.testing.assert_allclose(float(merged.compute()), float(want), rtol=1e-4, atol=1e-5)
     shards = {k: v.reshape(8, 8, *v.shape[1:]) for k, v in data.items()}
     reduced = jax.vmap(lambda s: Metric.from_model_output(**s))(shards).reduce()

@@ -167,25 +167,16 @@ def h_score(
     )
 
 
-def _feature_metric(factory, class_name: str, summary: str):
-    def make(
-        num_target_classes: int,
-        feature_dim: int,
-        *,
-        shift: jax.typing.ArrayLike | None = None,
-        features: str = "features",
-        labels: str = "labels",
-        mask: str | None = "mask",
-    ) -> type[AccumulatorMetric]:
-        return from_accumulator(
-            factory(num_target_classes, feature_dim, shift=shift),
-            (features, labels),
-            mask=mask,
-            name=class_name,
-        )
-
-    make.__name__ = make.__qualname__ = factory.__name__
-    make.__doc__ = f"""{summary}, single-pass, over :func:`leep_jax.streaming.{factory.__name__}`.
+def logme(
+    num_target_classes: int,
+    feature_dim: int,
+    *,
+    shift: jax.typing.ArrayLike | None = None,
+    features: str = "features",
+    labels: str = "labels",
+    mask: str | None = "mask",
+) -> type[AccumulatorMetric]:
+    """LogME (You et al., ICML 2021), single-pass, over :func:`leep_jax.streaming.logme`.
 
     Its state is sums of ``features - shift`` (exact for any shift; states merge by plain
     sums, so every batch must use the same one). Pass a rough feature mean (e.g. of a
@@ -200,14 +191,105 @@ def _feature_metric(factory, class_name: str, summary: str):
       labels: name of the ``int[n]`` target labels output.
       mask: name of the optional ``[n]`` mask output, or None.
     """
-    return make
+    return from_accumulator(
+        streaming.logme(num_target_classes, feature_dim, shift=shift),
+        (features, labels),
+        mask=mask,
+        name="LogME",
+    )
 
 
-logme = _feature_metric(streaming.logme, "LogME", "LogME (You et al., ICML 2021)")
-regularized_h_score = _feature_metric(
-    streaming.regularized_h_score,
-    "RegularizedHScore",
-    "H-score with Ledoit-Wolf shrinkage (Ibrahim et al., NeurIPS 2021)",
-)
-transrate = _feature_metric(streaming.transrate, "TransRate", "TransRate (Huang et al., ICML 2022)")
-gbc = _feature_metric(streaming.gbc, "GBC", "GBC, spherical Gaussians (Pandy et al., CVPR 2022)")
+def regularized_h_score(
+    num_target_classes: int,
+    feature_dim: int,
+    *,
+    shift: jax.typing.ArrayLike | None = None,
+    features: str = "features",
+    labels: str = "labels",
+    mask: str | None = "mask",
+) -> type[AccumulatorMetric]:
+    """H-score with Ledoit-Wolf shrinkage (Ibrahim et al., NeurIPS 2021), single-pass.
+
+    Over :func:`leep_jax.streaming.regularized_h_score`. Its state is sums of ``features - shift``
+    (exact for any shift; states merge by plain sums, so every batch must use the same
+    one). Pass a rough feature mean (e.g. of a first batch) as ``shift`` when features sit
+    far from zero, to keep float32 sums accurate.
+
+    Args:
+      num_target_classes: static ``Y``.
+      feature_dim: static ``D``.
+      shift: optional fixed ``[D]`` shift of every batch's features.
+      features: name of the ``[n, D]`` penultimate-features output.
+      labels: name of the ``int[n]`` target labels output.
+      mask: name of the optional ``[n]`` mask output, or None.
+    """
+    return from_accumulator(
+        streaming.regularized_h_score(num_target_classes, feature_dim, shift=shift),
+        (features, labels),
+        mask=mask,
+        name="RegularizedHScore",
+    )
+
+
+def transrate(
+    num_target_classes: int,
+    feature_dim: int,
+    *,
+    shift: jax.typing.ArrayLike | None = None,
+    features: str = "features",
+    labels: str = "labels",
+    mask: str | None = "mask",
+) -> type[AccumulatorMetric]:
+    """TransRate (Huang et al., ICML 2022), single-pass, over :func:`leep_jax.streaming.transrate`.
+
+    Its state is sums of ``features - shift`` (exact for any shift; states merge by plain
+    sums, so every batch must use the same one). Pass a rough feature mean (e.g. of a
+    first batch) as ``shift`` when features sit far from zero, to keep float32 sums
+    accurate.
+
+    Args:
+      num_target_classes: static ``Y``.
+      feature_dim: static ``D``.
+      shift: optional fixed ``[D]`` shift of every batch's features.
+      features: name of the ``[n, D]`` penultimate-features output.
+      labels: name of the ``int[n]`` target labels output.
+      mask: name of the optional ``[n]`` mask output, or None.
+    """
+    return from_accumulator(
+        streaming.transrate(num_target_classes, feature_dim, shift=shift),
+        (features, labels),
+        mask=mask,
+        name="TransRate",
+    )
+
+
+def gbc(
+    num_target_classes: int,
+    feature_dim: int,
+    *,
+    shift: jax.typing.ArrayLike | None = None,
+    features: str = "features",
+    labels: str = "labels",
+    mask: str | None = "mask",
+) -> type[AccumulatorMetric]:
+    """GBC, spherical Gaussians (Pandy et al., CVPR 2022), single-pass.
+
+    Over :func:`leep_jax.streaming.gbc`. Its state is sums of ``features - shift``
+    (exact for any shift; states merge by plain sums, so every batch must use the same
+    one). Pass a rough feature mean (e.g. of a first batch) as ``shift`` when features sit
+    far from zero, to keep float32 sums accurate.
+
+    Args:
+      num_target_classes: static ``Y``.
+      feature_dim: static ``D``.
+      shift: optional fixed ``[D]`` shift of every batch's features.
+      features: name of the ``[n, D]`` penultimate-features output.
+      labels: name of the ``int[n]`` target labels output.
+      mask: name of the optional ``[n]`` mask output, or None.
+    """
+    return from_accumulator(
+        streaming.gbc(num_target_classes, feature_dim, shift=shift),
+        (features, labels),
+        mask=mask,
+        name="GBC",
+    )
