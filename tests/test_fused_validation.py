@@ -106,10 +106,17 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
 
 def test_check_values_and_validate_keep_their_contract():
     validation.check_values("predictions", PROBS, LABELS, Y, None, probabilities=True)
-    with pytest.raises(ValueError, match=r"first in row 8"):
-        validation.check_values(
-            "predictions", _with(PROBS, 8, 0, np.nan), LABELS, Y, None, probabilities=True
-        )
+    nan_row = _with(PROBS, 8, 0, np.nan)
+    with pytest.raises(ValueError, match=r"^predictions contain NaN or Inf \(first in row 8\)$"):
+        validation.check_values("predictions", nan_row, LABELS, Y, None, probabilities=True)
+    # A masked-out bad row is not checked (NumPy and JAX masks alike).
+    mask = np.arange(len(LABELS)) != 8
+    validation.check_values("predictions", nan_row, LABELS, Y, mask, probabilities=True)
+    validation.check_values(
+        "predictions", nan_row, LABELS, Y, jnp.asarray(mask), probabilities=True
+    )
+    with pytest.raises(ValueError, match="rows must sum to 1"):
+        validation.check_values("predictions", PROBS * 2, LABELS, Y, None, probabilities=True)
     values, labels, mask, classes = validation.validate(
         "predictions", PROBS, LABELS, Y, None, probabilities=True, check=True
     )
