@@ -268,6 +268,28 @@ def test_logme_regression_mask():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_streamed_logme_regression_matches_the_reference():
+    # Far from zero, with a rough shift and masked rows poisoned: the shift and the mask
+    # must both reach the sums.
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(120, 5)) + 300
+    targets = np.stack([features[:, 0] - 300 + rng.normal(size=120), rng.normal(size=120)], 1)
+    mask = rng.random(120) < 0.8
+    expected = ref.logme_regression(features[mask], targets[mask])
+    poisoned = np.where(mask[:, None], features, 1e4).astype(np.float32)
+    acc = streaming.logme_regression(2, 5, shift=features[:7].mean(0))
+    state = acc.init()
+    for rows in np.split(np.arange(120), [7, 50]):
+        state = acc.update(state, poisoned[rows], targets[rows].astype(np.float32), mask[rows])
+    np.testing.assert_allclose(float(acc.compute(state)), expected, rtol=1e-4)
+    f, t = np.ones((4, 5), np.float32), np.ones((4, 2), np.float32)
+    for bad_features in (f[0], f[:, :4]):
+        with pytest.raises(ValueError, match=r"^features batch must have shape \[n, 5\]$"):
+            acc.update(state, bad_features, t)
+    with pytest.raises(ValueError, match=r"^targets batch must have shape \(4, 2\), got \(4, 1\)$"):
+        acc.update(state, f, t[:, :1])
+
+
 def test_logme_regression_mask_hides_bad_rows_and_may_be_traced_alone():
     rng = np.random.default_rng(4)
     features = rng.normal(size=(50, 4)).astype(np.float32)
