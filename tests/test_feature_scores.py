@@ -278,9 +278,11 @@ def test_streamed_logme_regression_matches_the_reference():
     expected = ref.logme_regression(features[mask], targets[mask])
     poisoned = np.where(mask[:, None], features, 1e4).astype(np.float32)
     acc = streaming.logme_regression(2, 5, shift=features[:7].mean(0))
-    state = acc.init()
+    states = []
     for rows in np.split(np.arange(120), [7, 50]):
-        state = acc.update(state, poisoned[rows], targets[rows].astype(np.float32), mask[rows])
+        batch = (poisoned[rows], targets[rows].astype(np.float32), mask[rows])
+        states.append(acc.update(acc.init(), *batch))
+    state = acc.merge(acc.merge(states[0], states[1]), states[2])
     np.testing.assert_allclose(float(acc.compute(state)), expected, rtol=1e-4)
     f, t = np.ones((4, 5), np.float32), np.ones((4, 2), np.float32)
     for bad_features in (f[0], f[:, :4]):
