@@ -139,6 +139,37 @@ def test_probabilities_from_apply_fn():
     np.testing.assert_allclose(got["leep"], leep_jax.leep(probs, labels, Y), rtol=1e-6)
 
 
+class _PairModule(nnx.Module):
+    """No ``head``: ``__call__`` returns ``(logits, features)`` itself. Its bias makes
+    the logits change with the scale of the images, not only in size."""
+
+    def __init__(self):
+        self.linear = nnx.Linear(64, 10, bias_init=nnx.initializers.ones, rngs=nnx.Rngs(1))
+
+    def features(self, images):
+        return images.reshape(images.shape[0], -1)
+
+    def __call__(self, images):
+        return self.linear(self.features(images)) * 3.0, self.features(images)
+
+
+def test_an_nnx_module_without_a_head_and_uint8_images():
+    images, labels, _ = data()
+    pixels = np.round(images * 255).astype(np.uint8)
+    stream = [(pixels[i : i + BATCH], labels[i : i + BATCH]) for i in range(0, N, BATCH)]
+    pair = _PairModule()
+    # uint8 images are scaled to [0, 1] before the forward pass.
+    logits, features = pair(pixels.astype(np.float32) / 255)
+    assert_scores(
+        score_model(pair, stream, Y),
+        {
+            "leep": float(leep_jax.leep(logits, labels, Y, from_logits=True)),
+            "nce": float(leep_jax.nce(logits, labels, Y, from_logits=True)),
+            "h_score": float(leep_jax.h_score(features, labels, Y)),
+        },
+    )
+
+
 def test_invalid_inputs_raise_value_error():
     with pytest.raises(ValueError, match="metrics"):
         score_model(_linear_apply, batches(), Y, metrics=("leep", "bogus"))
