@@ -220,3 +220,59 @@ def test_any_batch_split_and_merge_order_give_the_in_memory_scores(split, seed):
         if len(states) >= 2:
             a, b = states[0], states[1]
             jax.tree.map(np.testing.assert_array_equal, acc.merge(a, b), acc.merge(b, a))
+
+
+# --- user batches: checks with their messages, sizes, rows --------------------------
+
+
+def _fixed_size(batches, num_target_classes=Y, batch_size=None):
+    return list(streaming.sources.fixed_size(batches, num_target_classes, batch_size))
+
+
+def _rows(n, start=0):
+    return np.arange(start, start + n, dtype=np.float32)[:, None] * [1.0, -1.0]
+
+
+NOT_A_PAIR = "batch 1 must be a tuple (images, labels) or (images, labels, mask), got"
+ROWS = "batch 1: labels must have shape [n] matching the inputs' rows, got"
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        (np.zeros((3, 2)), f"{NOT_A_PAIR} ndarray"),
+        ((_rows(2), [0, 1], None, None), f"{NOT_A_PAIR} tuple"),
+        ((_rows(2), [0, 1, 2]), f"{ROWS} (3,) for inputs (2, 2)"),
+        ((_rows(0), np.zeros(0, int)), "batch 1 is empty"),
+        ((_rows(2), [0.0, 1.0]), "batch 1: labels must be integers, got dtype float64"),
+        (
+            (_rows(2), [0, 1], [1.0, 0.0]),
+            "batch 1: mask must be bool with shape (2,), got float64 (2,)",
+        ),
+        ((_rows(2), [0, 1], [True]), "batch 1: mask must be bool with shape (2,), got bool (1,)"),
+        ((_rows(2), [0, Y]), f"labels must lie in [0, num_target_classes={Y}), found {Y} (row 4)"),
+    ],
+)
+def test_a_malformed_batch_is_refused_by_index_with_its_problem(batch, message):
+    # Batch 0 has three rows, so batch 1's row 1 is row 4 of the stream.
+    with pytest.raises(ValueError) as error:
+        _fixed_size([(_rows(3), [0, 1, 2]), batch])
+    assert str(error.value) == message
+
+
+def test_batches_are_padded_cut_and_numbered_by_their_first_row():
+    stream = [
+        ([[0.0, 0.0]], [2]),  # a nested list is read as an array; one row is a batch
+        (_rows(5, 1), np.array([0, 1, 2, 0, 7]), np.array([1, 1, 1, 1, 0], bool)),
+    ]
+    got = _fixed_size(stream, num_target_classes=3, batch_size=2)
+    assert [b.first_row for b in got] == [0, 1, 3, 5]
+    pad = np.zeros((1, 2), np.float32)
+    want = np.concatenate([_rows(1), pad, _rows(5, 1), pad])
+    np.testing.assert_array_equal(np.concatenate([b.inputs for b in got]), want)
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in got]), [2, 0, 0, 1, 2, 0, 7, 0])
+    np.testing.assert_array_equal(np.concatenate([b.mask for b in got]), [1, 0, 1, 1, 1, 1, 0, 0])
+    assert all(b.labels.dtype == np.int32 for b in got)
+    # A masked label out of range is not checked (row 5 above), also with one class.
+    one_class = [(_rows(2), np.array([0, 5]), np.array([True, False]))]
+    assert len(_fixed_size(one_class, num_target_classes=1)) == 1
