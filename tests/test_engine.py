@@ -276,3 +276,24 @@ def test_batches_are_padded_cut_and_numbered_by_their_first_row():
     # A masked label out of range is not checked (row 5 above), also with one class.
     one_class = [(_rows(2), np.array([0, 5]), np.array([True, False]))]
     assert len(_fixed_size(one_class, num_target_classes=1)) == 1
+
+
+def test_reiterable_reads_sequences_and_callables_again_and_one_shot_iterators_once():
+    reiterable = streaming.sources.reiterable
+    for batches in ([1, 2], lambda: iter([1, 2])):
+        fresh = reiterable(batches, passes=2)
+        assert list(fresh()) == list(fresh()) == [1, 2]
+    assert list(reiterable(iter([1, 2]), passes=1)()) == [1, 2]
+    with pytest.raises(ValueError) as error:
+        reiterable(iter([1, 2]), passes=2)
+    assert str(error.value) == (
+        "keep_predictions=False reads the batches twice, but `batches` is a one-shot "
+        "iterator; pass a sequence, a re-iterable dataset, or a zero-argument callable "
+        "returning a fresh iterator (or use keep_predictions=True)"
+    )
+    with pytest.raises(ValueError) as error:
+        reiterable(5, passes=1)
+    assert str(error.value) == (
+        "batches must be an iterable of (images, labels[, mask]) or a zero-argument "
+        "callable returning one, got int"
+    )
