@@ -12,6 +12,7 @@ import pytest
 from jax.sharding import AxisType, NamedSharding
 
 import leep_jax
+from leep_jax.scores import validation
 from leep_jax.sharding import axis_size, data_mesh, pad_to_multiple, sharded_scores
 from leep_jax.sharding.scores import _sharded_scores
 
@@ -207,6 +208,27 @@ def test_inside_an_outer_jit(use_set_mesh):
     else:
         got = nce(logits, labels, mask)
     np.testing.assert_allclose(got["nce"], expected()["nce"], rtol=1e-6)
+
+
+def test_valid_inputs_and_masked_bad_rows_raise_no_flag(monkeypatch):
+    # The fused sweep's flags decide alone when nothing is wrong: the detailed checks (a
+    # second program) never run, neither for the padded shards (1001 rows over 8
+    # devices) nor for bad rows that the mask drops.
+    logits, probs, labels, features, mask = problem()
+    calls = []
+    monkeypatch.setattr(validation, "_check_values_in_detail", lambda *a, **k: calls.append(a))
+    dropped = np.flatnonzero(~mask)
+    probs, labels, features = probs.copy(), labels.copy(), features.copy()
+    probs[dropped[0]], features[dropped[1]], labels[dropped[2]] = np.nan, np.inf, Y + 2
+    # Device labels: no host check, so the masked label out of range reaches the flags.
+    labels = jax.numpy.asarray(labels)
+    got = sharded_scores(probs, labels, Y, features=features, mask=mask, mesh=mesh_of(8))
+    assert calls == []
+    assert_matches(got, expected(from_logits=False))
+    # The same flags do fire for a counted bad row.
+    probs[np.flatnonzero(mask)[0]] = np.nan
+    sharded_scores(probs, labels, Y, features=features, mask=mask, mesh=mesh_of(8))
+    assert [a[0] for a in calls] == ["predictions"]
 
 
 def test_invalid_inputs_raise_value_error():
