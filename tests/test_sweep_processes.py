@@ -166,7 +166,16 @@ arrays = {
 assert not arrays["logits"].is_fully_addressable
 scores = sharded_scores(arrays["logits"], arrays["labels"], 4, features=arrays["features"],
                         mask=arrays["mask"], from_logits=True, mesh=mesh)
-print(json.dumps({k: float(v) for k, v in scores.items()}))
+result = {k: float(v) for k, v in scores.items()}
+# The value checks run on global arrays too: a NaN in process 1's rows.
+local = data["logits"][rows].copy()
+local[5, 2] = np.nan if jax.process_index() == 1 else local[5, 2]
+bad = jax.make_array_from_process_local_data(sharding, local)
+try:
+    sharded_scores(bad, arrays["labels"], 4, from_logits=True, mesh=mesh, metrics="nce")
+except ValueError as error:
+    result["error"] = str(error)
+print(json.dumps(result))
 """
 
 
@@ -190,6 +199,8 @@ def test_sharded_scores_over_two_processes_equal_the_float64_reference(tmp_path)
     ]  # fmt: skip
     results = [json.loads(_finish(p).strip().splitlines()[-1]) for p in processes]
     assert results[0] == results[1]
+    # Every process raises, naming the global row (process 1's rows start at n / 2).
+    assert results[0].pop("error") == f"predictions contain NaN or Inf (first in row {n // 2 + 5})"
     kept = labels[mask]
     expected = {
         "leep": reference.leep_from_logits(logits[mask].astype(np.float64), kept, y),

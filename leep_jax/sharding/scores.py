@@ -189,13 +189,6 @@ _sharded_flags = jax.jit(
 )
 
 
-def _addressable(*arrays) -> bool:
-    """False for global arrays with shards on other processes (multi-host)."""
-    return all(
-        not isinstance(a, jax.Array) or a.is_fully_addressable for a in arrays if a is not None
-    )
-
-
 def sharded_scores(
     predictions: ArrayLike,
     labels: ArrayLike,
@@ -229,8 +222,9 @@ def sharded_scores(
     function with the same arguments on global arrays, e.g. built with
     ``jax.make_array_from_process_local_data(NamedSharding(mesh, jax.P("data")),
     local_rows)`` over a mesh of ``jax.devices()``; nothing here assumes the data is
-    host-local (padding happens inside ``jit``, results are replicated scalars). Value
-    checks are skipped for arrays that are not fully addressable. CI runs it over 2
+    host-local (padding happens inside ``jit``, results are replicated scalars). The
+    value checks are jitted programs too, with replicated results, so on global arrays
+    every process raises the same ValueError, naming the global row. CI runs it over 2
     local processes (gloo CPU collectives, tests/test_sweep_processes.py); separate
     machines have not been tested.
 
@@ -246,8 +240,7 @@ def sharded_scores(
         else all devices (``jax.devices()``) on a 1-D mesh named ``axis_name``.
       axis_name: the mesh axis (or tuple of axes) the examples are split along.
       metrics: which of ``"leep"``, ``"nce"``, ``"h_score"`` to compute.
-      validate_inputs: value checks as in :func:`leep_jax.leep` on concrete,
-        fully addressable inputs.
+      validate_inputs: value checks as in :func:`leep_jax.leep` on concrete inputs.
 
     Returns:
       ``{metric: float32 scalar}`` for each requested metric.
@@ -275,11 +268,7 @@ def sharded_scores(
     else:
         features = None
     mesh = data_mesh(mesh, axis_name)
-    check = (
-        validate_inputs
-        and is_concrete(predictions, labels, features, mask)
-        and _addressable(predictions, labels, features, mask)
-    )
+    check = validate_inputs and is_concrete(predictions, labels, features, mask)
     if check and isinstance(labels, np.ndarray):
         check_label_range(labels, num_target_classes)
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
