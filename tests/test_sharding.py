@@ -14,7 +14,7 @@ from jax.sharding import AxisType, NamedSharding
 import leep_jax
 from leep_jax.scores import validation
 from leep_jax.sharding import axis_size, data_mesh, pad_to_multiple, sharded_scores
-from leep_jax.sharding.scores import _sharded_scores
+from leep_jax.sharding.scores import METRICS, _sharded_scores, _sharded_scores_impl
 
 N, Z, Y, D = 1001, 16, 6, 5
 RTOL = {"leep": 1e-6, "nce": 1e-6, "h_score": 1e-5}
@@ -208,6 +208,21 @@ def test_inside_an_outer_jit(use_set_mesh):
     else:
         got = nce(logits, labels, mask)
     np.testing.assert_allclose(got["nce"], expected()["nce"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_each_device_reads_only_its_shard_of_the_examples(check):
+    # Replicated inputs would give the same scores (every sum scaled by 8), eight times
+    # the work: the shard_map body must see 1008 / 8 = 126 rows of each input.
+    logits, _, labels, features, mask = problem()
+    program = functools.partial(
+        _sharded_scores_impl, num_target_classes=Y, from_logits=True, metrics=METRICS,
+        mesh=mesh_of(8), axis_name="data", check=check,
+    )  # fmt: skip
+    jaxpr = jax.make_jaxpr(program)(logits, labels, features, mask)
+    (shard_map,) = [e for e in jaxpr.eqns if e.primitive.name == "shard_map"]
+    shapes = [v.aval.shape for v in shard_map.params["jaxpr"].invars]
+    assert shapes == [(126, Z), (126,), (126,), (126, D)]
 
 
 def test_valid_inputs_and_masked_bad_rows_raise_no_flag(monkeypatch):
