@@ -110,8 +110,12 @@ def test_nan_outputs_and_bad_models_are_refused():
     batches[1][0][4, 0, 0, 0] = 3.0  # row 16 + 4
     with pytest.raises(ValueError, match=r"predictions contain NaN or Inf \(first in row 20\)"):
         leep_jax.score_model(nan_in_row_20, batches, Y)
-    with pytest.raises(ValueError, match="nnx.Module carries its weights"):
+    with pytest.raises(
+        ValueError, match=r"^params= is for an apply_fn; an nnx.Module carries its weights$"
+    ):
         leep_jax.score_model(SmallCNN(5, rngs=nnx.Rngs(0)), batches, Y, params={})
+    with pytest.raises(ValueError, match=r"^model must be an nnx.Module or a callable, got int$"):
+        leep_jax.score_model(5, batches, Y)
     with pytest.raises(ValueError, match="metrics must be a non-empty subset"):
         leep_jax.score_model(nan_in_row_20, batches, Y, metrics=("leep", "bogus"))
 
@@ -264,14 +268,17 @@ def test_batches_are_padded_cut_and_numbered_by_their_first_row():
     stream = [
         ([[0.0, 0.0]], [2]),  # a nested list is read as an array; one row is a batch
         (_rows(5, 1), np.array([0, 1, 2, 0, 7]), np.array([1, 1, 1, 1, 0], bool)),
+        (_rows(1, 6), [1]),
     ]
     got = _fixed_size(stream, num_target_classes=3, batch_size=2)
-    assert [b.first_row for b in got] == [0, 1, 3, 5]
+    assert [b.first_row for b in got] == [0, 1, 3, 5, 6]
     pad = np.zeros((1, 2), np.float32)
-    want = np.concatenate([_rows(1), pad, _rows(5, 1), pad])
+    want = np.concatenate([_rows(1), pad, _rows(5, 1), pad, _rows(1, 6), pad])
     np.testing.assert_array_equal(np.concatenate([b.inputs for b in got]), want)
-    np.testing.assert_array_equal(np.concatenate([b.labels for b in got]), [2, 0, 0, 1, 2, 0, 7, 0])
-    np.testing.assert_array_equal(np.concatenate([b.mask for b in got]), [1, 0, 1, 1, 1, 1, 0, 0])
+    labels = [2, 0, 0, 1, 2, 0, 7, 0, 1, 0]
+    np.testing.assert_array_equal(np.concatenate([b.labels for b in got]), labels)
+    mask = [1, 0, 1, 1, 1, 1, 0, 0, 1, 0]
+    np.testing.assert_array_equal(np.concatenate([b.mask for b in got]), mask)
     assert all(b.labels.dtype == np.int32 for b in got)
     # A masked label out of range is not checked (row 5 above), also with one class.
     one_class = [(_rows(2), np.array([0, 5]), np.array([True, False]))]

@@ -160,8 +160,10 @@ def test_an_nnx_module_without_a_head_and_uint8_images():
     pair = _PairModule()
     # uint8 images are scaled to [0, 1] before the forward pass.
     logits, features = pair(pixels.astype(np.float32) / 255)
+    got = score_model(pair, stream, Y)
+    assert got["forward_passes"] == 1  # keep_predictions=True by default
     assert_scores(
-        score_model(pair, stream, Y),
+        got,
         {
             "leep": float(leep_jax.leep(logits, labels, Y, from_logits=True)),
             "nce": float(leep_jax.nce(logits, labels, Y, from_logits=True)),

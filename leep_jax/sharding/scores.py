@@ -79,7 +79,6 @@ def _shard_flags(
         flags["features"] = _merge_flags(
             reduce_column_checks(total, labels, num_target_classes, mask), axis
         )
-        flags["features"]["all_finite"] = jnp.all(jnp.isfinite(jax.lax.psum(total, axis)))
     return flags
 
 
