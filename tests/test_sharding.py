@@ -267,3 +267,31 @@ def test_invalid_inputs_raise_value_error():
         sharded_scores(logits, labels, Y, mesh=mesh, metrics=("leep",))
     with pytest.raises(ValueError, match="mask excludes every example"):
         sharded_scores(probs, labels, Y, mesh=mesh, mask=np.zeros(N, bool), features=features)
+
+
+def test_argument_errors_in_full():
+    logits, _, labels, _, mask = problem()
+    mesh = mesh_of(8)
+
+    def message(**kwargs):
+        args = {"predictions": logits, "labels": labels, "num_target_classes": Y}
+        with pytest.raises(ValueError) as error:
+            sharded_scores(**{**args, "from_logits": True, "metrics": "nce", **kwargs})
+        return str(error.value)
+
+    assert message(axis_name=("a", "b")) == (
+        "axis_name ('a', 'b') names several axes: pass the mesh that has them"
+    )
+    assert message(mesh="data") == "mesh must be a jax.sharding.Mesh or None, got str"
+    assert message(mesh=mesh, axis_name="batch") == (
+        "mesh axes ('data',) lack axis_name 'batch'; pass axis_name= one of them (the axis "
+        "the examples are split over)"
+    )
+    assert message(mesh=mesh, from_logits="yes") == "from_logits must be a bool, got 'yes'"
+    assert message(mesh=mesh, predictions=logits[:, 0]) == (
+        "predictions must be 2-D [n, k], got shape (1001,)"
+    )
+    assert message(mesh=mesh, mask=mask[:-1]) == "mask must have shape (1001,), got (1000,)"
+    assert message(mesh=mesh, metrics=("h_score",)) == (
+        'metric "h_score" needs features= (penultimate features [n, d])'
+    )
