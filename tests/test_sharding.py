@@ -295,3 +295,22 @@ def test_argument_errors_in_full():
     assert message(mesh=mesh, metrics=("h_score",)) == (
         'metric "h_score" needs features= (penultimate features [n, d])'
     )
+    assert message(mesh=mesh, metrics=("h_score",), features=logits[:, 0]) == (
+        "features must be 2-D [n, k], got shape (1001,)"
+    )
+
+
+def test_each_argument_traced_alone_and_axis_names_as_a_list():
+    # Any traced argument turns the value checks off (they would fetch tracers).
+    logits, _, labels, features, mask = problem()
+    args = {"predictions": logits, "labels": labels, "features": features, "mask": mask}
+    want = expected()
+    for name in args:
+
+        def score(x, name=name):
+            return sharded_scores(
+                **{**args, name: x}, num_target_classes=Y, from_logits=True, mesh=mesh_of(8)
+            )
+
+        assert_matches(jax.jit(score)(args[name]), want)
+    assert_matches(scores_on(mesh_of(8), axis_name=["data"]), want)
