@@ -346,8 +346,8 @@ def test_factories_read_their_default_and_renamed_outputs(renamed):
     batch, mask, logit_names, feature_names = data, data["mask"], {}, {}
     if renamed:
         # With mask=None the output named "mask" is there but not read.
-        batch = {"scores": data["logits"], "y": data["labels"], "f": data["features"]}
-        batch["mask"] = data["mask"]
+        renames = {"logits": "scores", "labels": "y", "features": "f", "mask": "mask"}
+        batch = {new: data[old] for old, new in renames.items()}
         mask, logit_names = None, {"predictions": "scores", "labels": "y", "mask": None}
         feature_names = {"features": "f", "labels": "y", "mask": None}
     classes = {

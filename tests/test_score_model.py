@@ -31,17 +31,19 @@ def data():
     return images, labels, mask
 
 
-@functools.cache
-def expected(masked=False):
-    """The in-memory scores of the concatenated outputs of one forward pass."""
-    images, labels, mask = data()
-    logits, features = forward(model(), images)
-    mask = mask if masked else None
+def in_memory(logits, features, labels, mask=None):
     return {
         "leep": float(leep_jax.leep(logits, labels, Y, from_logits=True, mask=mask)),
         "nce": float(leep_jax.nce(logits, labels, Y, from_logits=True, mask=mask)),
         "h_score": float(leep_jax.h_score(features, labels, Y, mask=mask)),
     }
+
+
+@functools.cache
+def expected(masked=False):
+    """The in-memory scores of the concatenated outputs of one forward pass."""
+    images, labels, mask = data()
+    return in_memory(*forward(model(), images), labels, mask if masked else None)
 
 
 def batches(size=BATCH, masked=False):
@@ -159,17 +161,9 @@ def test_an_nnx_module_without_a_head_and_uint8_images():
     stream = [(pixels[i : i + BATCH], labels[i : i + BATCH]) for i in range(0, N, BATCH)]
     pair = _PairModule()
     # uint8 images are scaled to [0, 1] before the forward pass.
-    logits, features = pair(pixels.astype(np.float32) / 255)
     got = score_model(pair, stream, Y)
     assert got["forward_passes"] == 1  # keep_predictions=True by default
-    assert_scores(
-        got,
-        {
-            "leep": float(leep_jax.leep(logits, labels, Y, from_logits=True)),
-            "nce": float(leep_jax.nce(logits, labels, Y, from_logits=True)),
-            "h_score": float(leep_jax.h_score(features, labels, Y)),
-        },
-    )
+    assert_scores(got, in_memory(*pair(pixels.astype(np.float32) / 255), labels))
 
 
 def test_invalid_inputs_raise_value_error():
