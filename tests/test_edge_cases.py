@@ -58,17 +58,21 @@ def _problem(n=40, seed=1):
 
 
 SCORES = {
-    "leep": lambda p, lg, f, y: leep_jax.leep(p, y, Y),
-    "leep_logits": lambda p, lg, f, y: leep_jax.leep(lg, y, Y, from_logits=True),
-    "nce": lambda p, lg, f, y: leep_jax.nce(p, y, Y),
-    "h_score": lambda p, lg, f, y: leep_jax.h_score(f, y, Y),
-    "joint_distribution": lambda p, lg, f, y: leep_jax.joint_distribution(p, y, Y),
-    "sharded_scores": lambda p, lg, f, y: leep_jax.sharded_scores(p, y, Y, features=f),
+    "leep": lambda p, lg, f, y, **kw: leep_jax.leep(p, y, Y, **kw),
+    "leep_logits": lambda p, lg, f, y, **kw: leep_jax.leep(lg, y, Y, from_logits=True, **kw),
+    "nce": lambda p, lg, f, y, **kw: leep_jax.nce(p, y, Y, **kw),
+    "h_score": lambda p, lg, f, y, **kw: leep_jax.h_score(f, y, Y, **kw),
+    "joint_distribution": lambda p, lg, f, y, **kw: leep_jax.joint_distribution(p, y, Y, **kw),
+    "sharded_scores": lambda p, lg, f, y, **kw: leep_jax.sharded_scores(
+        p, y, Y, features=f, **kw
+    ),
     **{
-        name: functools.partial(lambda fn, p, lg, f, y: fn(f, y, Y), getattr(leep_jax, name))
+        name: functools.partial(
+            lambda fn, p, lg, f, y, **kw: fn(f, y, Y, **kw), getattr(leep_jax, name)
+        )
         for name in ("logme", "regularized_h_score", "transrate", "gbc", "sfda", "parc")
     },
-    "nleep": lambda p, lg, f, y: leep_jax.nleep(f, y, Y, key=jax.random.key(0)),
+    "nleep": lambda p, lg, f, y, **kw: leep_jax.nleep(f, y, Y, key=jax.random.key(0), **kw),
 }
 
 
@@ -84,6 +88,28 @@ def test_labels_just_outside_the_range_are_refused(score, as_jax, bad):
         ValueError, match=rf"labels must lie in \[0, num_target_classes={Y}\), found {bad}"
     ):
         SCORES[score](probs, logits, features, labels)
+
+
+# 2**40 only on the host: jax.Array labels are int32 here.
+@pytest.mark.parametrize(
+    "as_jax, bad", [(False, Y), (False, -1), (False, 2**40), (True, Y), (True, -1)]
+)
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_masked_labels_outside_the_range_are_dropped_as_if_absent(score, as_jax, bad):
+    # The host check looks only at counted rows, as the device checks do: a masked row's
+    # label changes nothing, even one a cast to int32 would wrap.
+    logits, probs, labels, features = _problem()
+    mask = np.arange(len(labels)) % 7 != 3
+    bad_labels = labels.astype(np.int64)
+    bad_labels[~mask] = bad
+    bad_labels = jnp.asarray(bad_labels) if as_jax else bad_labels
+    got = SCORES[score](probs, logits, features, bad_labels, mask=mask)
+    want = SCORES[score](probs, logits, features, labels, mask=mask)
+    np.testing.assert_allclose(
+        jax.tree.leaves(got), jax.tree.leaves(want), rtol=1e-6, err_msg=score
+    )
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_target_classes=3\)"):
+        SCORES[score](probs, logits, features, bad_labels)
 
 
 @pytest.mark.parametrize("bad", [Y, -1])

@@ -63,15 +63,18 @@ def test_masked_bad_rows_and_labels_are_ignored(score):
     labels[40] = 99
     keep = np.ones(700, bool)
     keep[[30, 40]] = False
-    # Device labels: host (NumPy) labels are range-checked whole, before any cast.
-    got = PREDICTION_SCORES[score](probs, jnp.asarray(labels), Y, mask=keep)
     want = PREDICTION_SCORES[score](PROBS[keep], LABELS[keep], Y)
-    for name in ["leep", "nce"] if score == "sharded" else [None]:
-        np.testing.assert_allclose(
-            got if name is None else got[name], want if name is None else want[name], rtol=1e-5
-        )
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, num_target_classes=3\)"):
-        PREDICTION_SCORES[score](PROBS, jnp.asarray(labels), Y)
+    # Host (NumPy) and device labels alike: only the counted rows are range-checked.
+    for as_labels in (np.asarray, jnp.asarray):
+        got = PREDICTION_SCORES[score](probs, as_labels(labels), Y, mask=keep)
+        for name in ["leep", "nce"] if score == "sharded" else [None]:
+            np.testing.assert_allclose(
+                got if name is None else got[name],
+                want if name is None else want[name],
+                rtol=1e-5,
+            )
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, num_target_classes=3\)"):
+            PREDICTION_SCORES[score](PROBS, as_labels(labels), Y)
 
 
 @pytest.mark.parametrize("score", ["h_score", "sharded"])

@@ -299,7 +299,9 @@ def nleep(
       components_per_class: mixture components per target class (static).
       pca_variance: fraction of the variance the kept principal components explain, in
         ``(0, 1]`` (static).
-      mask: optional ``bool[n]``; False rows are dropped as if absent.
+      mask: optional ``bool[n]``; False rows are dropped as if absent, except that the
+        k-means++ draws from ``key`` follow row positions: the same key may seed a
+        masked array and its counted rows differently.
       validate_inputs: value checks on eager calls, as in :func:`leep_jax.leep`.
 
     Returns:

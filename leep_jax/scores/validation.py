@@ -51,11 +51,16 @@ def check_num_classes(num_target_classes) -> int:
     return int(num_target_classes)
 
 
-def check_label_range(labels: np.ndarray, num_target_classes: int, *, prefix: str = "") -> None:
-    """Raises ValueError for host labels outside ``[0, num_target_classes)``.
+def check_label_range(
+    labels: np.ndarray, num_target_classes: int, mask: ArrayLike | None = None, *, prefix: str = ""
+) -> None:
+    """Raises ValueError for counted host labels outside ``[0, num_target_classes)``.
 
-    On the host, before any cast: 64-bit labels would wrap when cast to int32.
+    On the host, before any cast: 64-bit labels would wrap when cast to int32. Rows that
+    ``mask`` excludes are dropped as if absent, whatever their label.
     """
+    if mask is not None:
+        labels = labels[np.asarray(mask, bool)]
     if labels.size and (labels.min() < 0 or labels.max() >= num_target_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise ValueError(
@@ -265,7 +270,7 @@ def check_values(
     scores themselves compute these flags inside their own sweeps instead.
     """
     if isinstance(labels, np.ndarray):
-        check_label_range(labels, num_target_classes)
+        check_label_range(labels, num_target_classes, mask)
     _check_values_fast(
         name,
         jnp.asarray(values),
@@ -342,7 +347,7 @@ def prepare(
     check_shapes(name, values, labels, mask)
     check = bool(check) and is_concrete(values, labels, mask)
     if check and isinstance(labels, np.ndarray):
-        check_label_range(labels, num_target_classes)
+        check_label_range(labels, num_target_classes, mask)
     mask = None if mask is None else jnp.asarray(mask)
     return jnp.asarray(values), jnp.asarray(labels), mask, num_target_classes, check
 

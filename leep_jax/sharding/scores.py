@@ -269,7 +269,7 @@ def sharded_scores(
     mesh = data_mesh(mesh, axis_name)
     check = validate_inputs and is_concrete(predictions, labels, features, mask)
     if check and isinstance(labels, np.ndarray):
-        check_label_range(labels, num_target_classes)
+        check_label_range(labels, num_target_classes, mask)
     predictions, labels = jnp.asarray(predictions), jnp.asarray(labels)
     features = None if features is None else jnp.asarray(features)
     mask = None if mask is None else jnp.asarray(mask)
