@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference as ref
 from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,6 +225,59 @@ def test_any_batch_split_and_merge_order_give_the_in_memory_scores(split, seed):
         if len(states) >= 2:
             a, b = states[0], states[1]
             jax.tree.map(np.testing.assert_array_equal, acc.merge(a, b), acc.merge(b, a))
+
+
+
+# --- the engine on given outputs: probability checks, passes --------------------------
+
+
+def _run_on_probabilities(probs, labels, **kwargs):
+    def source(second_pass=False):
+        return streaming.sources.array_batches({"predictions": probs}, labels, Y, 16)
+
+    return streaming.engine.run(source, Y, ("leep", "nce"), from_logits=False, **kwargs)
+
+
+def test_engine_accepts_exact_zeros_and_reads_given_outputs_twice_without_a_forward():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), 40).astype(np.float32)
+    probs[::3] = np.eye(4, dtype=np.float32)[rng.integers(0, 4, 14)]  # exact zeros
+    labels = rng.integers(0, Y, 40).astype(np.int32)
+    for keep in (True, False):
+        got = _run_on_probabilities(probs, labels, keep_predictions=keep)
+        # Given outputs are read again for LEEP's second sum: no forward pass runs again.
+        assert got.forward_passes == 1 and got.n == 40
+        np.testing.assert_allclose(
+            got.scores["leep"], ref.leep(probs.astype(np.float64), labels, Y), rtol=1e-5
+        )
+        np.testing.assert_allclose(
+            got.scores["nce"], ref.nce(probs.astype(np.float64), labels, Y), rtol=1e-5
+        )
+
+
+def test_engine_refuses_bad_probability_rows_with_the_scores_messages():
+    probs = np.tile(np.float32([0.5, 0.25, 0.25, 0.0]), (20, 1))
+    labels = np.arange(20, dtype=np.int32) % Y
+    negative = probs.copy()
+    negative[17] = [0.5, 0.75, 0.25, -0.5]
+    with pytest.raises(ValueError) as error:
+        _run_on_probabilities(negative, labels)
+    assert str(error.value) == (
+        "predictions contain negative probabilities (min -0.5); pass from_logits=True for logits"
+    )
+    # bfloat16 rounds each probability by up to 2**-8: its epsilon is the tolerance.
+    slightly_off, far_off = probs.copy(), probs.copy()
+    slightly_off[5, 3] = 5 / 1024  # off by 0.0049, > 1e-3 and < 2**-7
+    far_off[18, 3] = 1 / 64
+    _run_on_probabilities(slightly_off.astype(jnp.bfloat16), labels)
+    with pytest.raises(ValueError) as error:
+        _run_on_probabilities(far_off.astype(jnp.bfloat16), labels)
+    assert str(error.value) == (
+        "predictions rows must sum to 1 (tolerance 0.00781); row 18 is off by 0.0156; "
+        "pass from_logits=True for logits"
+    )
+    with pytest.raises(ValueError, match=r"tolerance 0\.001\); row 5 is off by 0\.00488"):
+        _run_on_probabilities(slightly_off, labels)
 
 
 # --- user batches: checks with their messages, sizes, rows --------------------------
