@@ -268,6 +268,7 @@ def test_engine_refuses_bad_probability_rows_with_the_scores_messages():
     # bfloat16 rounds each probability by up to 2**-8: its epsilon is the tolerance.
     slightly_off, far_off = probs.copy(), probs.copy()
     slightly_off[5, 3] = 5 / 1024  # off by 0.0049, > 1e-3 and < 2**-7
+    slightly_off[7, 3] = 1 / 128  # off by exactly the tolerance, which is allowed
     far_off[18, 3] = 1 / 64
     _run_on_probabilities(slightly_off.astype(jnp.bfloat16), labels)
     with pytest.raises(ValueError) as error:
@@ -276,8 +277,27 @@ def test_engine_refuses_bad_probability_rows_with_the_scores_messages():
         "predictions rows must sum to 1 (tolerance 0.00781); row 18 is off by 0.0156; "
         "pass from_logits=True for logits"
     )
-    with pytest.raises(ValueError, match=r"tolerance 0\.001\); row 5 is off by 0\.00488"):
+    with pytest.raises(ValueError, match=r"tolerance 0\.001\); row 7 is off by 0\.00781"):
         _run_on_probabilities(slightly_off, labels)
+
+
+
+def test_engine_takes_the_feature_sums_around_the_first_batch_mean():
+    # Features far from zero: float32 sums S/n - m m^T taken around 0 lose the class
+    # structure (regularized H-score 0, TransRate 28x too large); around the first batch's
+    # mean they match the in-memory scores.
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, Y, 64).astype(np.int32)
+    features = (rng.normal(size=(64, 5)) + labels[:, None] * 0.7 + 3000).astype(np.float32)
+    names = ("h_score", "logme", "regularized_h_score", "transrate", "gbc")
+
+    def source(second_pass=False):
+        return streaming.sources.array_batches({"features": features}, labels, Y, 16)
+
+    got = streaming.engine.run(source, Y, names).scores
+    for name in names:
+        want = float(getattr(leep_jax, name)(features, labels, Y))
+        np.testing.assert_allclose(got[name], want, rtol=1e-3, err_msg=name)
 
 
 # --- user batches: checks with their messages, sizes, rows --------------------------

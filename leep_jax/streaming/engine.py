@@ -33,7 +33,7 @@ import numpy as np
 
 from leep_jax import scores
 from leep_jax.scores.names import FEATURE_SCORES, PREDICTION_SCORES
-from leep_jax.scores.validation import PROBABILITY_ATOL
+from leep_jax.scores.validation import probability_tolerance
 from leep_jax.streaming import accumulators, feature_accumulators
 from leep_jax.streaming.sources import Batch, BatchSource
 
@@ -191,8 +191,7 @@ def raise_for(checks: Checks, *, from_logits: bool, probability_dtype) -> None:
                 f"predictions contain negative probabilities (min {low:.3g}); "
                 "pass from_logits=True for logits"
             )
-        # bfloat16 rounds each probability by up to 2**-8 relative: allow its epsilon.
-        tolerance = max(PROBABILITY_ATOL, float(jnp.finfo(probability_dtype).eps))
+        tolerance = probability_tolerance(probability_dtype)
         error = float(checks.worst_row_error)
         if error > tolerance:
             raise ValueError(
