@@ -227,14 +227,20 @@ def test_any_batch_split_and_merge_order_give_the_in_memory_scores(split, seed):
             jax.tree.map(np.testing.assert_array_equal, acc.merge(a, b), acc.merge(b, a))
 
 
-
 # --- the engine on given outputs: probability checks, passes --------------------------
 
 
-def _run_on_probabilities(probs, labels, **kwargs):
-    def source(second_pass=False):
-        return streaming.sources.array_batches({"predictions": probs}, labels, Y, 16)
+def _given(batch_size, labels, **arrays):
+    """A source of given outputs (``predictions=``, ``features=``) in batches."""
 
+    def source(second_pass=False):
+        return streaming.sources.array_batches(arrays, labels, Y, batch_size)
+
+    return source
+
+
+def _run_on_probabilities(probs, labels, **kwargs):
+    source = _given(16, labels, predictions=probs)
     return streaming.engine.run(source, Y, ("leep", "nce"), from_logits=False, **kwargs)
 
 
@@ -269,17 +275,16 @@ def test_engine_refuses_bad_probability_rows_with_the_scores_messages():
     slightly_off, far_off = probs.copy(), probs.copy()
     slightly_off[5, 3] = 5 / 1024  # off by 0.0049, > 1e-3 and < 2**-7
     slightly_off[7, 3] = 1 / 128  # off by exactly the tolerance, which is allowed
-    far_off[18, 3] = 1 / 64
+    far_off[[2, 18], 3] = 1 / 64  # equally bad rows in two batches: the first is named
     _run_on_probabilities(slightly_off.astype(jnp.bfloat16), labels)
     with pytest.raises(ValueError) as error:
         _run_on_probabilities(far_off.astype(jnp.bfloat16), labels)
     assert str(error.value) == (
-        "predictions rows must sum to 1 (tolerance 0.00781); row 18 is off by 0.0156; "
+        "predictions rows must sum to 1 (tolerance 0.00781); row 2 is off by 0.0156; "
         "pass from_logits=True for logits"
     )
     with pytest.raises(ValueError, match=r"tolerance 0\.001\); row 7 is off by 0\.00781"):
         _run_on_probabilities(slightly_off, labels)
-
 
 
 def test_engine_takes_the_feature_sums_around_the_first_batch_mean():
@@ -290,14 +295,44 @@ def test_engine_takes_the_feature_sums_around_the_first_batch_mean():
     labels = rng.integers(0, Y, 64).astype(np.int32)
     features = (rng.normal(size=(64, 5)) + labels[:, None] * 0.7 + 3000).astype(np.float32)
     names = ("h_score", "logme", "regularized_h_score", "transrate", "gbc")
-
-    def source(second_pass=False):
-        return streaming.sources.array_batches({"features": features}, labels, Y, 16)
-
-    got = streaming.engine.run(source, Y, names).scores
+    got = streaming.engine.run(_given(16, labels, features=features), Y, names).scores
     for name in names:
         want = float(getattr(leep_jax, name)(features, labels, Y))
         np.testing.assert_allclose(got[name], want, rtol=1e-3, err_msg=name)
+
+
+def test_engine_checks_only_the_outputs_its_scores_read():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, Y, 32).astype(np.int32)
+    logits = rng.normal(size=(32, 4)).astype(np.float32)
+    features = rng.normal(size=(32, 3)).astype(np.float32)
+    nan_logits, nan_features = logits.copy(), features.copy()
+    nan_logits[9, 1] = nan_features[9, 2] = np.nan
+
+    def scores(predictions, features, metrics):
+        source = _given(8, labels, predictions=predictions, features=features)
+        return streaming.engine.run(source, Y, metrics).scores
+
+    assert scores(nan_logits, features, ("h_score",)) == scores(logits, features, ("h_score",))
+    assert scores(logits, nan_features, ("nce",)) == scores(logits, features, ("nce",))
+    with pytest.raises(ValueError, match=r"^features contain NaN or Inf \(first in row 9\)$"):
+        scores(logits, nan_features, ("nce", "h_score"))
+
+
+def test_engine_refuses_an_unhashable_forward():
+    class Forward:
+        __hash__ = None
+
+        def __call__(self, params, inputs):
+            return inputs
+
+    source = _given(3, np.arange(3), predictions=np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError) as error:
+        streaming.engine.run(source, Y, ("nce",), forward=Forward())
+    assert str(error.value) == (
+        "forward must be hashable (a static argument of the jitted steps), got an "
+        "unhashable Forward"
+    )
 
 
 # --- user batches: checks with their messages, sizes, rows --------------------------

@@ -293,11 +293,7 @@ def _eval_shape(forward: Forward, params, inputs) -> Any:
     leaves, treedef = jax.tree.flatten((params, inputs))
     if all(isinstance(x, (np.ndarray, jax.Array)) for x in leaves):
         avals = tuple(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves)
-        try:
-            return _cached_eval_shape(forward, treedef, avals)
-        except TypeError as error:  # an unhashable forward or tree: trace every time
-            if "unhashable" not in str(error):
-                raise
+        return _cached_eval_shape(forward, treedef, avals)
     return jax.eval_shape(forward, params, inputs)
 
 
@@ -361,10 +357,18 @@ def run(
       A :class:`Result`.
 
     Raises:
-      ValueError: no batches, outputs of the wrong shape, NaN/Inf, invalid probability
-        rows, every row masked, or a second pass that counts other examples.
+      ValueError: an unhashable forward, no batches, outputs of the wrong shape, NaN/Inf,
+        invalid probability rows, every row masked, or a second pass that counts other
+        examples.
     """
     started = time.perf_counter()
+    try:
+        hash(forward)
+    except TypeError:
+        raise ValueError(
+            f"forward must be hashable (a static argument of the jitted steps), got an "
+            f"unhashable {type(forward).__name__}"
+        ) from None
     stream = source()
     first = next(stream, None)
     if first is None:
