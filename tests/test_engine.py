@@ -335,6 +335,26 @@ def test_engine_refuses_an_unhashable_forward():
     )
 
 
+def _scaled_logits(params, inputs):
+    return inputs[0] * params["temperature"], None
+
+
+def test_engine_traces_a_forward_whose_params_are_not_all_arrays():
+    # A Python float among the weights: its shapes are not cached, but it is traced.
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, Y, 24).astype(np.int32)
+    logits = rng.normal(size=(24, 4)).astype(np.float32)
+    source = _given(8, labels, predictions=logits)
+    got = streaming.engine.run(
+        source, Y, ("leep", "nce"), forward=_scaled_logits, params={"temperature": 3.0}
+    )
+    assert got.forward_passes == 1  # kept predictions: the forward ran once
+    scaled = 3.0 * logits.astype(np.float64)
+    np.testing.assert_allclose(
+        got.scores["leep"], ref.leep_from_logits(scaled, labels, Y), rtol=1e-5
+    )
+
+
 # --- user batches: checks with their messages, sizes, rows --------------------------
 
 
