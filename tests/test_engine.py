@@ -355,6 +355,84 @@ def test_engine_traces_a_forward_whose_params_are_not_all_arrays():
     )
 
 
+def _returns_one_array(params, inputs):
+    return inputs[0]
+
+
+def _returns_three(params, inputs):
+    return inputs[0], inputs[0], inputs[0]
+
+
+def _one_row_short(params, inputs):
+    return inputs[0][1:], None
+
+
+def _three_dimensional(params, inputs):
+    return inputs[0][:, :, None], None
+
+
+def _integer_predictions(params, inputs):
+    return inputs[0].astype(jnp.int32), None
+
+
+def _bad_features_only(params, inputs):
+    return None, inputs[0][1:]
+
+
+def _features_only(params, inputs):
+    return None, inputs[0]
+
+
+@pytest.mark.parametrize(
+    "forward, metrics, message",
+    [
+        (
+            _returns_one_array,
+            ("nce",),
+            "the forward pass must return a pair (predictions, features)",
+        ),
+        (_returns_three, ("nce",), "the forward pass must return a pair (predictions, features)"),
+        (
+            _one_row_short,
+            ("nce",),
+            "the forward pass must return predictions of shape [4, k] for a batch of 4, got (3, 2)",
+        ),
+        (
+            _three_dimensional,
+            ("nce",),
+            "the forward pass must return predictions of shape [4, k] for a batch of 4, "
+            "got (4, 2, 1)",
+        ),
+        (
+            _integer_predictions,
+            ("nce",),
+            "the forward pass must return floating predictions, got int32",
+        ),
+        (
+            _bad_features_only,
+            ("h_score",),
+            "the forward pass must return features of shape [4, k] for a batch of 4, got (3, 2)",
+        ),
+        (_features_only, ("nce",), None),
+        (streaming.engine.given_outputs, ("nce", "h_score"), None),
+    ],
+)
+def test_engine_refuses_malformed_outputs_and_missing_ones_in_full(forward, metrics, message):
+    source = _given(4, np.arange(6) % Y, predictions=np.ones((6, 2), np.float32))
+    with pytest.raises(ValueError) as error:
+        streaming.engine.run(source, Y, metrics, forward=forward)
+    if message is None:  # the outputs the scores need are absent
+        needs = "predictions" if forward is _features_only else "features"
+        message = f"{metrics} need {needs}, but there are none"
+    assert str(error.value) == message
+
+
+def test_engine_refuses_an_empty_source():
+    with pytest.raises(ValueError) as error:
+        streaming.engine.run(lambda second_pass=False: iter(()), Y, ("nce",))
+    assert str(error.value) == "batches is empty"
+
+
 # --- user batches: checks with their messages, sizes, rows --------------------------
 
 
