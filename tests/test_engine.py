@@ -7,6 +7,7 @@ H-score states whose shifts differ.
 
 import contextlib
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -431,6 +432,41 @@ def test_engine_refuses_an_empty_source():
     with pytest.raises(ValueError) as error:
         streaming.engine.run(lambda second_pass=False: iter(()), Y, ("nce",))
     assert str(error.value) == "batches is empty"
+
+
+def test_engine_stops_soon_after_a_bad_batch_and_times_itself():
+    # Each step's flags are read while the next batch is fetched: a NaN in batch 0 stops
+    # the run after batch 1 is read, not after the whole stream.
+    logits = np.random.default_rng(7).normal(size=(40, 4)).astype(np.float32)
+    labels = np.arange(40, dtype=np.int32) % Y
+    read = []
+
+    def source(second_pass=False):
+        for batch in streaming.sources.array_batches({"predictions": logits}, labels, Y, 4):
+            read.append(batch.first_row)
+            yield batch
+
+    started = time.perf_counter()
+    got = streaming.engine.run(source, Y, ("nce",))
+    assert 0 < got.seconds <= time.perf_counter() - started
+    assert len(read) == 10
+    logits[1, 2] = np.nan
+    read.clear()
+    with pytest.raises(ValueError, match=r"^predictions contain NaN or Inf \(first in row 1\)$"):
+        streaming.engine.run(source, Y, ("nce",))
+    assert read == [0, 4]
+
+
+def test_engine_refuses_a_stream_whose_masks_exclude_every_row():
+    arrays = {"predictions": np.ones((8, 2), np.float32)}
+
+    def source(second_pass=False):
+        labels = np.zeros(8, np.int32)
+        return streaming.sources.array_batches(arrays, labels, Y, 4, mask=np.zeros(8, bool))
+
+    with pytest.raises(ValueError) as error:
+        streaming.engine.run(source, Y, ("nce",))
+    assert str(error.value) == "the masks exclude every example; a score needs at least one"
 
 
 # --- user batches: checks with their messages, sizes, rows --------------------------

@@ -1,0 +1,64 @@
+"""The internal building blocks of the scores (leep_jax.scores.ops), tested directly."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import reference as ref
+
+import leep_jax
+from leep_jax.scores import ops
+
+# The documented sizes: 2^j and 3 * 2^(j-1); ``fine`` adds the quarter octaves.
+COARSE = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+FINE = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128]
+
+
+@pytest.mark.parametrize("fine, sizes", [(False, COARSE), (True, FINE)], ids=["coarse", "fine"])
+def test_size_bucket_is_the_smallest_listed_size_not_below_the_size(fine, sizes):
+    for size in range(0, 129):
+        want = min(s for s in sizes if s >= size)
+        assert ops.size_bucket(size, fine=fine) == want, size
+        assert ops.size_bucket(size, 20, fine=fine) == min(want, 20), size
+
+
+def _row_stats(table_row, row):
+    """A pytree of a float and an int per row, as the value checks' row functions return."""
+    return {"dot": jnp.dot(table_row, row), "argmax": jnp.argmax(row).astype(jnp.int32)}
+
+
+def test_per_row_and_map_rows_return_every_leaf_in_its_dtype():
+    # 700 rows of 1000: blocks of 256 rows on CPU, two blocks and a tail of 188.
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(700, 1000)).astype(np.float32)
+    table = rng.normal(size=(3, 1000)).astype(np.float32)
+    labels = rng.integers(0, 3, 700).astype(np.int32)
+    got = jax.jit(ops.per_row, static_argnums=0)(_row_stats, table, values, labels)
+    assert got["argmax"].dtype == jnp.int32 and got["dot"].dtype == jnp.float32
+    np.testing.assert_array_equal(got["argmax"], values.argmax(axis=1))
+    want = np.einsum("nk,nk->n", table[labels].astype(np.float64), values)
+    np.testing.assert_allclose(got["dot"], want, rtol=1e-4, atol=1e-3)
+
+    def row_fn(row):
+        return _row_stats(jnp.ones_like(row), row)
+
+    mapped = jax.jit(ops.map_rows, static_argnums=(0, 2))(row_fn, values, jnp.float32)
+    assert mapped["argmax"].dtype == jnp.int32
+    np.testing.assert_array_equal(mapped["argmax"], values.argmax(axis=1))
+    np.testing.assert_allclose(mapped["dot"], values.astype(np.float64).sum(1), atol=1e-3)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_dropped_rows_never_reach_the_table_with_fewer_source_than_target_classes(from_logits):
+    # Z = 2 < Y = 5: a dropped row sent to row Z of the [Y, Z] table would land on class 2.
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(60, 2)).astype(np.float32)
+    values = logits if from_logits else np.asarray(jax.nn.softmax(logits))
+    labels = rng.integers(0, 5, 60).astype(np.int32)
+    mask = rng.random(60) < 0.6
+    got = leep_jax.leep(values, labels, 5, from_logits=from_logits, mask=mask)
+    kept = logits[mask].astype(np.float64)
+    np.testing.assert_allclose(got, ref.leep_from_logits(kept, labels[mask], 5), rtol=1e-5)
+    joint = leep_jax.joint_distribution(values, labels, 5, from_logits=from_logits, mask=mask)
+    want = ref.joint(ref.softmax(kept), labels[mask], 5)
+    np.testing.assert_allclose(joint, want, rtol=1e-5, atol=1e-7)
