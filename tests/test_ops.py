@@ -62,3 +62,50 @@ def test_dropped_rows_never_reach_the_table_with_fewer_source_than_target_classe
     joint = leep_jax.joint_distribution(values, labels, 5, from_logits=from_logits, mask=mask)
     want = ref.joint(ref.softmax(kept), labels[mask], 5)
     np.testing.assert_allclose(joint, want, rtol=1e-5, atol=1e-7)
+
+
+def _on_the_accelerator_branch(fn, *args):
+    """``fn(*args)`` lowered for CUDA (``platform_dependent``'s default branch), run here.
+
+    The lowered program holds only portable HLO (gathers, scatters, loops), so the CPU
+    runs the GPU/TPU branch once the export's platform check is off.
+    """
+    exported = jax.export.export(
+        jax.jit(fn),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.platform()],
+    )(*args)
+    return exported.call(*args)
+
+
+def _ops_of_every_branch(table, values, labels, valid):
+    shape = table.shape
+    return {
+        "per_row": ops.per_row(_row_stats, table, values, labels),
+        "map_rows": ops.map_rows(lambda row: {"max": jnp.max(row)}, values, jnp.float32),
+        "row_sum_into": ops.row_sum_into(
+            shape, values, labels, valid, dtype=jnp.float32, transform=jax.nn.softmax
+        ),
+        "softmax_sum_into": ops.softmax_sum_into(shape, values, labels, valid, dtype=jnp.float32),
+        "per_matrix": ops.per_matrix(
+            lambda m: m @ m.T + jnp.trace(m), values[:6].reshape(2, 3, -1)
+        ),
+    }
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_the_accelerator_branches_compute_what_the_cpu_branches_do(dtype):
+    rng = np.random.default_rng(2)
+    table = jnp.asarray(rng.normal(size=(4, 6)), jnp.float32)
+    values = jnp.asarray(rng.normal(size=(30, 6)) * 3, dtype)
+    labels = jnp.asarray(rng.integers(0, 4, 30), jnp.int32)
+    valid = jnp.asarray(rng.random(30) < 0.7)
+    cpu = jax.jit(_ops_of_every_branch)(table, values, labels, valid)
+    accelerator = _on_the_accelerator_branch(_ops_of_every_branch, table, values, labels, valid)
+    assert jax.tree.structure(cpu) == jax.tree.structure(accelerator)
+
+    def same(got, want):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+    jax.tree.map(same, accelerator, cpu)
