@@ -231,11 +231,11 @@ def test_any_batch_split_and_merge_order_give_the_in_memory_scores(split, seed):
 # --- the engine on given outputs: probability checks, passes --------------------------
 
 
-def _given(batch_size, labels, **arrays):
+def _given(batch_size, labels, mask=None, **arrays):
     """A source of given outputs (``predictions=``, ``features=``) in batches."""
 
     def source(second_pass=False):
-        return streaming.sources.array_batches(arrays, labels, Y, batch_size)
+        return streaming.sources.array_batches(arrays, labels, Y, batch_size, mask=mask)
 
     return source
 
@@ -442,7 +442,7 @@ def test_engine_stops_soon_after_a_bad_batch_and_times_itself():
     read = []
 
     def source(second_pass=False):
-        for batch in streaming.sources.array_batches({"predictions": logits}, labels, Y, 4):
+        for batch in _given(4, labels, predictions=logits)():
             read.append(batch.first_row)
             yield batch
 
@@ -458,12 +458,8 @@ def test_engine_stops_soon_after_a_bad_batch_and_times_itself():
 
 
 def test_engine_refuses_a_stream_whose_masks_exclude_every_row():
-    arrays = {"predictions": np.ones((8, 2), np.float32)}
-
-    def source(second_pass=False):
-        labels = np.zeros(8, np.int32)
-        return streaming.sources.array_batches(arrays, labels, Y, 4, mask=np.zeros(8, bool))
-
+    labels, mask = np.zeros(8, np.int32), np.zeros(8, bool)
+    source = _given(4, labels, mask, predictions=np.ones((8, 2), np.float32))
     with pytest.raises(ValueError) as error:
         streaming.engine.run(source, Y, ("nce",))
     assert str(error.value) == "the masks exclude every example; a score needs at least one"
