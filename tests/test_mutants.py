@@ -4,6 +4,7 @@ Each test names the mistake it catches; benchmarks/results/mutation/report.md li
 mutation runs and the survivors shown to be equivalent.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -131,6 +132,38 @@ def test_accumulator_states_are_float32_whatever_the_shift_type():
     for acc in (*_accumulators().values(), streaming.log_eep(Y, Z), fixed):
         for leaf in acc.init():
             assert leaf.dtype == jnp.float32
+    np.testing.assert_array_equal(fixed.init().shift, np.full(D, 30.0))  # from init on
+
+
+def test_accumulator_states_stay_float32_under_x64_with_float64_batches():
+    """One state layout in every process and a valid ``lax.scan`` carry: neither x64 nor
+    float64 batches change a dtype (joint's state turned float64 before)."""
+    rng = np.random.default_rng(5)
+    probs = rng.dirichlet(np.ones(Z), 10)  # float64
+    features = rng.normal(size=(10, D)) + 100.0
+    labels = rng.integers(0, Y, 10)
+    with jax.enable_x64(True):
+        cond = jnp.full((Y, Z), 1.0 / Y)  # float64
+        feature_accs = (
+            streaming.h_score(Y, D),
+            streaming.h_score(Y, D, shift=np.zeros(D)),
+            streaming.logme(Y, D),
+            streaming.regularized_h_score(Y, D),
+            streaming.transrate(Y, D),
+            streaming.gbc(Y, D),
+        )
+        cases = [
+            (streaming.joint(Y, Z), (probs, labels)),
+            (streaming.nce(Y, Z), (probs, labels)),
+            (streaming.log_eep(Y, Z), (probs, labels, cond)),
+            (streaming.logme_regression(2, D), (features, features[:, :2])),
+            *((acc, (features, labels)) for acc in feature_accs),
+        ]
+        for acc, batch in cases:
+            init = acc.init()
+            updated = acc.update(acc.update(init, *batch), *batch)
+            for state in (init, updated):
+                assert [leaf.dtype for leaf in state] == [jnp.float32] * len(state), acc
 
 
 def _log_eep_reference(probs, labels, table):

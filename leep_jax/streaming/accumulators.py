@@ -2,7 +2,8 @@
 
 Each factory closes over static configuration (class counts) and returns an
 :class:`Accumulator` of pure functions ``init / update / merge / compute``. States are
-NamedTuples of sums with fixed shapes and dtypes from ``init`` on, so they are valid
+NamedTuples of float32 sums with fixed shapes from ``init`` on, whatever the batches'
+dtype or ``jax_enable_x64`` (one layout in every process), so they are valid
 ``lax.scan`` carries and fields of a training state, and ``merge`` is a plain sum
 (across devices ``jax.lax.psum(state, axis_name)``), except :func:`h_score` without a
 fixed ``shift``, whose merge re-centres the states first.
@@ -164,7 +165,9 @@ def joint(
         table, count = joint_sum(
             predictions, labels, num_target_classes, from_logits=from_logits, mask=mask
         )
-        return JointState(state.joint_sum + table, state.count + count)
+        return JointState(
+            state.joint_sum + table.astype(jnp.float32), state.count + count.astype(jnp.float32)
+        )
 
     def compute(state):
         return state.joint_sum / state.count
