@@ -95,10 +95,15 @@ def expected_scores(zoo, name: str, target: sweep_targets.Target) -> dict[str, f
 
 
 def tolerance(metric: str) -> dict[str, float]:
-    """Float64 references: 2e-5; the library's own float32 values: 1e-4."""
+    """Float64 references: 2e-5; the library's own float32 values: 1e-4, PARC 1e-3.
+
+    The sweep's features come from a batched, jitted forward and these from an eager
+    one, so they differ by float32 rounding. PARC moves most with them: 2.6e-4 for
+    nnx-cnn on an Intel Xeon, every other score within 6e-6.
+    """
     if metric in ("leep", "nce", "h_score"):
         return {"rtol": 2e-5, "atol": 1e-6}
-    return {"rtol": 1e-4, "atol": 1e-5}
+    return {"rtol": 1e-3 if metric == "parc" else 1e-4, "atol": 1e-5}
 
 
 def test_every_kind_of_model_scores_as_its_own_outputs_say(zoo, swept):
