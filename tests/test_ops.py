@@ -22,6 +22,24 @@ def test_size_bucket_is_the_smallest_listed_size_not_below_the_size(fine, sizes)
         assert ops.size_bucket(size, 20, fine=fine) == min(want, 20), size
 
 
+@pytest.mark.parametrize(
+    "num_rows, row_size, want",
+    [
+        (10**6, 1000, 256),  # 2**18 / 1000 = 262: the power of two below
+        (10**6, 3, 1 << 16),
+        (10**6, 1, 1 << 18),
+        (10**6, 0, 1 << 18),  # an empty row counts as one element
+        (10, 1000, 10),  # never more rows than there are
+        (100, 1 << 19, 1),  # a row over 2**18 elements: one row per block
+        (100, (1 << 17) + 1, 1),
+    ],
+)
+def test_cpu_blocks_are_the_largest_power_of_two_rows_within_2_18_elements(
+    num_rows, row_size, want
+):
+    assert ops._cpu_block_rows(num_rows, row_size) == want
+
+
 def _row_stats(table_row, row):
     """A pytree of a float and an int per row, as the value checks' row functions return."""
     return {"dot": jnp.dot(table_row, row), "argmax": jnp.argmax(row).astype(jnp.int32)}
@@ -109,3 +127,20 @@ def test_the_accelerator_branches_compute_what_the_cpu_branches_do(dtype):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
     jax.tree.map(same, accelerator, cpu)
+
+
+@pytest.mark.parametrize("table_dtype", [jnp.bfloat16, jnp.float32, jnp.float64])
+def test_per_row_reads_bfloat16_rows_in_the_tables_dtype(table_dtype):
+    """Rows are widened to the table's dtype, whichever it is (float32 by bit shifts)."""
+    rng = np.random.default_rng(3)
+    with jax.enable_x64(table_dtype == jnp.float64):
+        table = jnp.asarray(rng.normal(size=(3, 40)), table_dtype)
+        values = jnp.asarray(rng.normal(size=(50, 40)), jnp.bfloat16)
+        labels = jnp.asarray(rng.integers(0, 3, 50), jnp.int32)
+        got = jax.jit(ops.per_row, static_argnums=0)(_row_stats, table, values, labels)
+        assert got["dot"].dtype == table_dtype
+        want = np.einsum(
+            "nk,nk->n", np.asarray(table, np.float64)[labels], np.asarray(values, np.float64)
+        )
+        rtol = 1e-2 if table_dtype == jnp.bfloat16 else 1e-6
+        np.testing.assert_allclose(np.asarray(got["dot"], np.float64), want, rtol=rtol, atol=rtol)
