@@ -144,3 +144,28 @@ def test_per_row_reads_bfloat16_rows_in_the_tables_dtype(table_dtype):
         )
         rtol = 1e-2 if table_dtype == jnp.bfloat16 else 1e-6
         np.testing.assert_allclose(np.asarray(got["dot"], np.float64), want, rtol=rtol, atol=rtol)
+
+
+def test_rows_split_over_an_explicit_mesh_are_never_gathered_onto_one_device():
+    # Enough rows for several CPU blocks: the block loop would all-gather split rows.
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    split = jax.sharding.NamedSharding(mesh, jax.P("data"))
+    n, k = 1 << 17, 5
+    rows = jax.ShapeDtypeStruct((n, k), jnp.float32, sharding=split)
+    index = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=split)
+    weights = jax.ShapeDtypeStruct((n,), jnp.bool_, sharding=split)
+    table = jax.ShapeDtypeStruct((3, k), jnp.float32)
+    calls = {
+        "row_sum_into": lambda r, i, w, t: ops.row_sum_into(
+            (3, k), r, i, w, dtype=jnp.float32, transform=jax.nn.softmax
+        ),
+        "softmax_sum_into": lambda r, i, w, t: ops.softmax_sum_into(
+            (3, k), r, i, w, dtype=jnp.float32
+        ),
+        "per_row": lambda r, i, w, t: ops.per_row(_row_stats, t, r, i),
+        "map_rows": lambda r, i, w, t: ops.map_rows(jnp.max, r, jnp.float32),
+    }
+    with jax.set_mesh(mesh):
+        for name, call in calls.items():
+            hlo = jax.jit(call).lower(rows, index, weights, table).compile().as_text()
+            assert "all-gather" not in hlo, name
