@@ -282,6 +282,13 @@ def test_argument_errors_in_full():
     assert message(axis_name=("a", "b")) == (
         "axis_name ('a', 'b') names several axes: pass the mesh that has them"
     )
+    for axis_name in ((), ("data", 3)):
+        assert message(mesh=mesh, axis_name=axis_name) == (
+            f"axis_name must be a mesh axis name or a tuple of them, got {axis_name!r}"
+        )
+    assert message(mesh=mesh, axis_name=("data", "data")) == (
+        "axis_name repeats a mesh axis: ('data', 'data')"
+    )
     assert message(mesh="data") == "mesh must be a jax.sharding.Mesh or None, got str"
     assert message(mesh=mesh, axis_name="batch") == (
         "mesh axes ('data',) lack axis_name 'batch'; pass axis_name= one of them (the axis "
