@@ -96,9 +96,14 @@ def test_pad_to_multiple_rejects_bad_multiple(multiple):
         pad_to_multiple(np.ones(3), multiple)
 
 
-def test_pad_to_multiple_rejects_bad_axis():
-    with pytest.raises(ValueError, match="axis"):
-        pad_to_multiple(np.ones(3), 2, axis=1)
+def test_pad_to_multiple_axis_range():
+    # Every axis from -ndim to ndim - 1 names one; the first negative one is the first axis.
+    padded, mask = pad_to_multiple(np.ones((5, 2)), 4, axis=-2)
+    assert padded.shape == (8, 2) and mask.tolist() == [True] * 5 + [False] * 3
+    for axis in (2, -3):
+        with pytest.raises(ValueError) as error:
+            pad_to_multiple(np.ones((5, 2)), 4, axis=axis)
+        assert str(error.value) == f"axis {axis} is out of range for an array of shape (5, 2)"
 
 
 def test_padding_and_masking_leaves_scores_unchanged():
