@@ -290,3 +290,22 @@ def test_64_bit_labels_out_of_range_are_refused_not_wrapped():
         leep_jax.leep(probs, np.array([0, 1, 2**40, 0]), 3)
     with pytest.raises(ValueError, match="labels must lie in"):
         leep_jax.nce(probs, np.array([0, 1, 2**32, 0], np.uint64), 3)
+
+
+def test_score_names_are_checked_with_the_problem_named():
+    from leep_jax.scores.names import SCORE_NAMES, check_score_names
+
+    assert check_score_names("nce") == ("nce",)
+    assert check_score_names(["leep", "parc"]) == ("leep", "parc")
+    for names, problem in [
+        (("leep", "bogus", "nope"), "unknown 'bogus'"),
+        ((), "empty or repeated"),
+        (("nce", "nce"), "empty or repeated"),
+    ]:
+        with pytest.raises(ValueError) as error:
+            check_score_names(names)
+        assert str(error.value) == (
+            f"metrics must be a non-empty subset of {SCORE_NAMES}, got {names!r} ({problem})"
+        )
+    with pytest.raises(ValueError, match=r"subset of \('leep',\), got \('nce',\) \(unknown 'nce'\)"):
+        check_score_names("nce", allowed=("leep",))
