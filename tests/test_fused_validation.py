@@ -40,7 +40,7 @@ PREDICTION_SCORES = {
 def test_the_first_non_finite_row_is_named(score, row, value, from_logits):
     values = _with(LOGITS if from_logits else PROBS, row, 5, value)
     values = _with(values, row + 20, 9, np.nan)  # a later bad row is not the one named
-    with pytest.raises(ValueError, match=rf"NaN or Inf \(first in row {row}\)"):
+    with pytest.raises(ValueError, match=rf"^predictions contain NaN or Inf \(first in row {row}\)$"):
         PREDICTION_SCORES[score](values, LABELS, Y, from_logits=from_logits)
 
 
@@ -87,6 +87,20 @@ def test_features_name_the_first_non_finite_row(score):
             sharded_scores(PROBS, LABELS, Y, features=features, metrics=("h_score",))
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_valid_inputs_never_reach_the_detailed_checks(from_logits, monkeypatch):
+    # The flags computed in the score's own sweeps clear valid inputs by themselves: the
+    # detailed stage (a second read of the input) runs only for a bad one. Logits are
+    # checked as logits, never as probability rows that fail to sum to 1.
+    calls = []
+    monkeypatch.setattr(validation, "_check_values_in_detail", lambda *a, **k: calls.append(a))
+    values = LOGITS if from_logits else PROBS
+    leep_jax.leep(values, LABELS, Y, from_logits=from_logits)
+    leep_jax.nce(values, LABELS, Y, from_logits=from_logits)
+    leep_jax.h_score(FEATURES, LABELS, Y)
+    assert calls == []
+
+
 def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks():
     # Finite logits whose row sums overflow float32: the fast flag fires, the detailed
     # checks find nothing wrong, and the score comes back.
@@ -100,6 +114,9 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # The standalone check too: finite values pass however large their sums.
     features = np.full((6, 3), 2e38, np.float32)
+    # And features (their column sums overflow): no error, the probability checks never
+    # apply to them. (H-score itself is NaN here: float32 cannot hold their covariance.)
+    leep_jax.h_score(features, labels, 2)
     validation.check_values("features", features, labels, 2, None, probabilities=False)
     with pytest.raises(ValueError, match=r"first in row 5"):
         validation.check_values(
