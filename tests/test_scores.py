@@ -135,6 +135,23 @@ def test_h_score_invariant_to_invertible_linear_maps():
     assert base > 0
 
 
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_h_score_of_rank_deficient_features_at_any_scale(scale):
+    # Features [n, 7] of rank 4: the pseudo-inverse drops the three null directions,
+    # whose float32 eigenvalues are rounding noise, by a cutoff relative to the largest
+    # variance (an absolute one fails at some scale), and adds nothing for them. The
+    # score is that of the rank-4 features (invariance to injective linear maps).
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5, 400)
+    base = rng.normal(size=(400, 4)) + 0.5 * labels[:, None]
+    features = (base @ rng.normal(size=(4, 7)) * scale).astype(np.float32)
+    np.testing.assert_allclose(
+        leep_jax.h_score(features, labels, 5), ref.h_score(base, labels, 5), rtol=1e-4
+    )
+    # Zero features: every variance is 0 (not above the cutoff, which is 0), so 0.
+    assert float(leep_jax.h_score(np.zeros((40, 3), np.float32), labels[:40], 5)) == 0.0
+
+
 def test_mask_drops_rows_exactly():
     logits, probs, labels = make_problem(5, 256, 7, 4)
     keep = np.random.default_rng(0).random(256) < 0.6
