@@ -11,6 +11,7 @@ from flax import nnx
 
 import leep_jax
 from leep_jax import streaming
+from leep_jax.scores.nce import nce_counts
 
 N, Z, Y, D = 48, 7, 4, 3
 
@@ -149,6 +150,20 @@ def test_joint_without_mask_and_single_batch():
     np.testing.assert_allclose(
         acc.compute(state), leep_jax.joint_distribution(probs, labels, Y), rtol=1e-6
     )
+
+
+def test_nce_state_is_the_table_of_label_and_argmax_counts():
+    # The state is documented as the co-occurrence counts [Y, Z]; NCE alone would not
+    # notice cells permuted within a column (its value is invariant to that).
+    _, probs, labels, _, mask = make_problem(5)
+    acc = streaming.nce(Y, Z)
+    state = acc.update(acc.init(), probs, labels, mask)
+    want = np.zeros((Y, Z))
+    np.add.at(want, (labels[mask], np.argmax(probs, axis=1)[mask]), 1)
+    np.testing.assert_array_equal(state.counts, want)
+    counts = nce_counts(jnp.asarray(probs), jnp.asarray(labels), Y, mask=jnp.asarray(mask))
+    assert counts.dtype == jnp.float32  # f32[Y, Z], as documented
+    np.testing.assert_array_equal(counts, want)
 
 
 def _three_states(arrays):
