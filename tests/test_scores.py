@@ -261,6 +261,28 @@ def test_low_precision_inputs(dtype):
     )
 
 
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_bfloat16_inputs_are_summed_in_float32(from_logits):
+    # 16,384 rows: a joint summed in bfloat16 (8-bit significand) stops growing at a few
+    # hundred per cell, so LEEP is exact only if sweep 1 sums in float32.
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 2, 16384)
+    logits = jnp.asarray(rng.normal(size=(16384, 3)) + labels[:, None], jnp.bfloat16)
+    wide = np.asarray(logits, np.float64)
+    if from_logits:
+        got, want = (
+            leep_jax.leep(logits, labels, 2, from_logits=True),
+            ref.leep_from_logits(wide, labels, 2),
+        )
+    else:
+        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(jnp.bfloat16)
+        got, want = (
+            leep_jax.leep(probs, labels, 2),
+            ref.leep(np.asarray(probs, np.float64), labels, 2),
+        )
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
 def test_vmap_over_models_matches_loop():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 400).astype(np.int32)
@@ -324,5 +346,7 @@ def test_score_names_are_checked_with_the_problem_named():
         assert str(error.value) == (
             f"metrics must be a non-empty subset of {SCORE_NAMES}, got {names!r} ({problem})"
         )
-    with pytest.raises(ValueError, match=r"subset of \('leep',\), got \('nce',\) \(unknown 'nce'\)"):
+    with pytest.raises(
+        ValueError, match=r"subset of \('leep',\), got \('nce',\) \(unknown 'nce'\)"
+    ):
         check_score_names("nce", allowed=("leep",))
