@@ -40,7 +40,9 @@ PREDICTION_SCORES = {
 def test_the_first_non_finite_row_is_named(score, row, value, from_logits):
     values = _with(LOGITS if from_logits else PROBS, row, 5, value)
     values = _with(values, row + 20, 9, np.nan)  # a later bad row is not the one named
-    with pytest.raises(ValueError, match=rf"^predictions contain NaN or Inf \(first in row {row}\)$"):
+    with pytest.raises(
+        ValueError, match=rf"^predictions contain NaN or Inf \(first in row {row}\)$"
+    ):
         PREDICTION_SCORES[score](values, LABELS, Y, from_logits=from_logits)
 
 
