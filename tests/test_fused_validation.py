@@ -116,14 +116,14 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # The standalone check too: finite values pass however large their sums.
     features = np.full((6, 3), 2e38, np.float32)
-    # And features (their column sums overflow): no error, the probability checks never
-    # apply to them. (H-score itself is NaN here: float32 cannot hold their covariance.)
-    leep_jax.h_score(features, labels, 2)
     validation.check_values("features", features, labels, 2, None, probabilities=False)
     with pytest.raises(ValueError, match=r"first in row 5"):
         validation.check_values(
             "features", _with(features, 5, 0, np.inf), labels, 2, None, probabilities=False
         )
+    # And a feature score (column sums overflow): no error, the probability checks never
+    # apply to features. (H-score itself is NaN here: float32 cannot hold the covariance.)
+    leep_jax.h_score(features, labels, 2)
 
 
 def test_check_values_and_validate_keep_their_contract():
