@@ -156,6 +156,23 @@ def test_h_score_of_zero_features_is_zero():
     assert float(leep_jax.h_score(np.zeros((40, 3), np.float32), labels, 5)) == 0.0
 
 
+@pytest.mark.parametrize("n", [3, 10, 40])
+def test_h_score_of_constant_features_is_zero(n):
+    # Under jit, XLA rounded `f - mean` differently in the sums' fusions: a rank-1 residue
+    # of ~(eps |mean|)^2 that the relative cutoff kept, and H-score 1 (2.5 at n=40), not 0.
+    features = np.float32([0.3, 0.57, 0.41]) * np.ones((n, 1), np.float32)
+    labels = np.arange(n) % 3
+    assert ref.h_score(features, labels, 3) == 0.0
+    assert float(leep_jax.h_score(features, labels, 3)) == 0.0
+    assert float(leep_jax.h_score(jnp.asarray(features), jnp.asarray(labels), 3)) == 0.0
+    for shift in (None, features[0], features[0] + 1e-6):
+        acc = leep_jax.streaming.h_score(3, 3, shift=shift)
+        state = acc.init()
+        for rows in np.array_split(np.arange(n), 2):
+            state = acc.update(state, features[rows], labels[rows])
+        assert float(acc.compute(state)) == 0.0, shift
+
+
 def test_mask_drops_rows_exactly():
     logits, probs, labels = make_problem(5, 256, 7, 4)
     keep = np.random.default_rng(0).random(256) < 0.6

@@ -141,6 +141,16 @@ def test_device_count_does_not_change_the_result(num_devices):
         np.testing.assert_allclose(got[name], eight[name], rtol=RTOL[name])
 
 
+def test_h_score_of_constant_features_is_zero():
+    # The sharded shift is the global mean, computed in the same program as the sums:
+    # without the H-score's noise floor this scored 1 (see test_scores).
+    n = 40
+    features = np.float32([0.3, 0.57, 0.41]) * np.ones((n, 1), np.float32)
+    probs = np.full((n, 4), 0.25, np.float32)
+    got = sharded_scores(probs, np.arange(n) % 3, 3, features=features, metrics=("h_score",))
+    assert float(got["h_score"]) == 0.0
+
+
 def test_compiles_once_per_shape():
     mesh = mesh_of(8)
     scores_on(mesh)

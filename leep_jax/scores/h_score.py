@@ -61,12 +61,23 @@ def h_score_sums(
     )
 
 
-def h_score_from_sums(sums: HScoreSums) -> jax.Array:
+def h_score_from_sums(sums: HScoreSums, shift: ArrayLike | None = None) -> jax.Array:
     """The H-score from its sufficient statistics, both covariances normalised by n.
 
     ``Cov f = S/n - m m^T`` and ``Cov(E[f|y]) = sum_y c_y c_y^T / (n n_y) - m m^T``
     with ``m`` the mean, ``S`` the outer-product sum and ``c_y`` the class sums.
-    The pseudo-inverse uses the symmetric eigendecomposition of ``Cov f``.
+    The pseudo-inverse uses the symmetric eigendecomposition of ``Cov f``. It keeps a
+    direction ``v`` only if its variance is above ``D eps`` times the largest one and above
+    ``sum_d v_d^2 (4 eps shift_d)^2``, the variance that a few ulps of ``shift`` in every
+    centred row would add. Without that floor, constant features scored 1 instead of 0:
+    under ``jit``, XLA rounds ``f - mean`` differently in the sums' fusions, which left a
+    rank-1 residue of about ``(eps |mean|)^2`` that the relative cutoff alone kept. (With
+    a fixed shift far from the mean, variances below the cancellation error of
+    ``S/n - m m^T``, about ``n eps E[(f - shift)^2]`` on XLA:CPU, are not resolved.)
+
+    Args:
+      sums: :class:`HScoreSums` over ``features - shift``.
+      shift: the ``[D]`` vector the sums were taken around (None: zero).
     """
     n = sums.count
     mean = sums.feature_sum / n
@@ -77,7 +88,11 @@ def h_score_from_sums(sums: HScoreSums) -> jax.Array:
     weighted = class_means * (sums.class_count / n)[:, None]
     between_cov = matmul(weighted.T, class_means) - mean_outer
     eigenvalues, eigenvectors = jnp.linalg.eigh(feature_cov)
-    cutoff = eigenvalues.shape[0] * jnp.finfo(eigenvalues.dtype).eps * jnp.max(jnp.abs(eigenvalues))
+    eps = jnp.finfo(eigenvalues.dtype).eps
+    cutoff = eigenvalues.shape[0] * eps * jnp.max(jnp.abs(eigenvalues))
+    if shift is not None:
+        drift = 4 * eps * jnp.asarray(shift, eigenvalues.dtype)
+        cutoff = jnp.maximum(cutoff, matmul(drift**2, eigenvectors**2))
     keep = eigenvalues > cutoff
     inverse = jnp.where(keep, 1 / jnp.where(keep, eigenvalues, 1), 0)
     projected = jnp.einsum(
@@ -94,10 +109,10 @@ def _h_score(features, labels, mask, num_target_classes, check=False):
     total = jnp.sum(jnp.where(valid[:, None], features.astype(dtype), 0), axis=0)
     mean = total / jnp.sum(valid, dtype=dtype)
     sums = h_score_sums(features, labels, num_target_classes, mask=mask, shift=mean)
+    score = h_score_from_sums(sums, mean)
     if not check:
-        return h_score_from_sums(sums)
-    flags = reduce_column_checks(total, labels, num_target_classes, mask)
-    return h_score_from_sums(sums), flags
+        return score
+    return score, reduce_column_checks(total, labels, num_target_classes, mask)
 
 
 def h_score(

@@ -127,10 +127,12 @@ def _shard_scores(
             ),
             axis,
         )
-        h_score = streaming.h_score(num_target_classes, features.shape[-1], shift=total / count)
+        shift = total / count
+        h_score = streaming.h_score(num_target_classes, features.shape[-1], shift=shift)
         state = h_score.update(h_score.init(), features, labels, mask)
-        # Every shard shares the shift: psum the sums, keep the shift (it is not a sum).
-        scores["h_score"] = h_score.compute(jax.lax.psum(state, axis)._replace(shift=state.shift))
+        # Every shard shares the shift: psum the sums, keep the replicated shift (it is
+        # not a sum; the state's copy went through a per-shard merge, so it is typed varying).
+        scores["h_score"] = h_score.compute(jax.lax.psum(state, axis)._replace(shift=shift))
     return scores
 
 

@@ -346,6 +346,6 @@ def h_score(
         return merge_h_score(state, batch)
 
     def compute(state):
-        return h_score_from_sums(HScoreSums(*state[:-1]))
+        return h_score_from_sums(HScoreSums(*state[:-1]), state.shift)
 
     return Accumulator(init, update, merge_h_score, compute)
