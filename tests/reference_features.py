@@ -50,7 +50,7 @@ def logme_fixed_point_column(features, y, max_iterations=50, tolerance=1e-5):
     for _ in range(max_iterations):
         m = v @ (beta * z / (alpha + beta * s))
         gamma = np.sum(beta * s / (alpha + beta * s))
-        new_alpha = gamma / (m @ m)
+        new_alpha = gamma / (m @ m) if gamma > 0 else alpha  # zero features: alpha is moot
         new_beta = (n - gamma) / np.sum((y - f @ m) ** 2)
         done = abs(new_alpha / new_beta - alpha / beta) <= tolerance * alpha / beta
         alpha, beta = new_alpha, new_beta

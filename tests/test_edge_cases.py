@@ -63,9 +63,7 @@ SCORES = {
     "nce": lambda p, lg, f, y, **kw: leep_jax.nce(p, y, Y, **kw),
     "h_score": lambda p, lg, f, y, **kw: leep_jax.h_score(f, y, Y, **kw),
     "joint_distribution": lambda p, lg, f, y, **kw: leep_jax.joint_distribution(p, y, Y, **kw),
-    "sharded_scores": lambda p, lg, f, y, **kw: leep_jax.sharded_scores(
-        p, y, Y, features=f, **kw
-    ),
+    "sharded_scores": lambda p, lg, f, y, **kw: leep_jax.sharded_scores(p, y, Y, features=f, **kw),
     **{
         name: functools.partial(
             lambda fn, p, lg, f, y, **kw: fn(f, y, Y, **kw), getattr(leep_jax, name)

@@ -113,6 +113,25 @@ def test_logme_is_the_maximum_evidence(n, d, rank):
     np.testing.assert_allclose(got, direct, rtol=1e-5)
 
 
+def test_logme_of_zero_features_is_the_maximum_evidence():
+    # The evidence of F = 0 does not depend on alpha, but the fixed point's alpha = gamma/m2
+    # was 0/0 (NaN, as in thuml's code), and the m^2 floor divided by a zero trace (-1e30).
+    labels = np.arange(40) % 4
+    targets = np.stack([labels, np.sin(labels)], axis=1).astype(np.float32)
+    for dim in (1, 3):
+        features = np.zeros((40, dim), np.float32)
+        direct = ref.logme(features, labels, 4, column=ref.logme_direct_column)
+        np.testing.assert_allclose(float(leep_jax.logme(features, labels, 4)), direct, rtol=1e-6)
+        accumulator = streaming.logme(4, dim)
+        state = accumulator.update(accumulator.init(), features, labels)
+        np.testing.assert_allclose(float(accumulator.compute(state)), direct, rtol=1e-6)
+        np.testing.assert_allclose(
+            float(leep_jax.logme_regression(features, targets)),
+            ref.logme_regression(features, targets, column=ref.logme_direct_column),
+            rtol=1e-6,
+        )
+
+
 def test_logme_regression_matches_reference_and_direct():
     rng = np.random.default_rng(5)
     features = rng.normal(size=(150, 8)) + 1.0

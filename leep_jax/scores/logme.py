@@ -109,7 +109,8 @@ def _column_evidence(
     # Floors keep the evidence finite when the targets are (numerically) exactly linear
     # in the features, where it is unbounded as beta -> infinity.
     res_floor = eps * jnp.maximum(sq_sum, jnp.finfo(dtype).tiny)
-    m2_floor = res_floor / jnp.maximum(trace, jnp.finfo(dtype).tiny)
+    # (Zero features have m = 0 exactly, and no floor: res_floor / 0 would be one.)
+    m2_floor = jnp.where(trace > 0, res_floor / jnp.where(trace > 0, trace, 1), 0)
 
     def parts(alpha, beta):
         prior = alpha + beta * eigenvalues  # d_j
@@ -137,7 +138,9 @@ def _column_evidence(
     def update(carry):
         step, alpha, beta, _ = carry
         m2, residual, gamma, _ = parts(alpha, beta)
-        new_alpha = gamma / m2
+        # gamma = 0 only for zero features: the evidence does not depend on alpha there
+        # (its log alpha terms cancel), but gamma / m2 = 0 would make them log 0 - log 0.
+        new_alpha = jnp.where(gamma > 0, gamma / m2, alpha)
         new_beta = jnp.maximum(count - gamma, eps * count) / residual
         ratio, new_ratio = alpha / beta, new_alpha / new_beta
         done = jnp.abs(new_ratio - ratio) <= RELATIVE_TOLERANCE * ratio
