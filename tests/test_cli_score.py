@@ -407,6 +407,38 @@ def test_streaming_reads_one_memory_mapped_batch_at_a_time(task, capsys, monkeyp
     assert sum(reads) == N * (3 + 2)
 
 
+def test_npy_rows_maps_only_the_rows_of_c_order_files_and_reads_fortran_order_ones(
+    tmp_path, monkeypatch
+):
+    # C order: each read maps just its rows (np.memmap at the rows' offset). Fortran order
+    # (rows strided): a map of the file, sliced and copied. Never a full, non-mapped load.
+    values = np.arange(60, dtype=np.float32).reshape(12, 5)
+    loads, maps = [], []
+    real_load, real_memmap = np.load, np.memmap
+
+    def load(*args, **kwargs):
+        loads.append(kwargs.get("mmap_mode"))
+        return real_load(*args, **kwargs)
+
+    def memmap(*args, **kwargs):
+        maps.append(kwargs["shape"])
+        return real_memmap(*args, **kwargs)
+
+    for order in ("C", "F"):
+        path = tmp_path / f"{order}.npy"
+        np.save(path, np.asarray(values, order=order))
+        monkeypatch.setattr(np, "load", load)
+        monkeypatch.setattr(np, "memmap", memmap)
+        rows = sources.NpyRows(str(path))[3:8]
+        monkeypatch.undo()
+        assert type(rows) is np.ndarray
+        np.testing.assert_array_equal(rows, values[3:8])
+        assert set(loads) == {"r"}
+        # The header's np.load maps the whole file (reading nothing); then the read's map.
+        assert maps == [(12, 5), (5, 5) if order == "C" else (12, 5)]
+        loads.clear(), maps.clear()
+
+
 def _subprocess(args, **kwargs):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     return subprocess.run(

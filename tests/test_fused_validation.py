@@ -124,6 +124,10 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     # And a feature score (column sums overflow): no error, the probability checks never
     # apply to features. (H-score itself is NaN here: float32 cannot hold the covariance.)
     leep_jax.h_score(features, labels, 2)
+    # Sharded over 8 devices, with 6 rows per shard so that each shard's sums overflow.
+    features, labels = np.full((48, 3), 2e38, np.float32), np.arange(48) % 2
+    probs = np.full((48, 2), 0.5, np.float32)
+    sharded_scores(probs, labels, 2, features=features, metrics=("h_score",))
 
 
 def test_check_values_and_validate_keep_their_contract():
