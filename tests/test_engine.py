@@ -240,6 +240,25 @@ def _given(batch_size, labels, mask=None, **arrays):
     return source
 
 
+def test_array_batches_skip_masked_labels_and_report_progress():
+    # One class: a masked row's label must not be checked at all (not even as 1).
+    labels = np.array([0, 7, 0, 0, 0], np.int32)
+    arrays = {"predictions": np.ones((5, 1), np.float32)}
+    seen = []
+
+    def progress(starts):
+        seen.append(list(starts))
+        return starts
+
+    batches = list(
+        streaming.sources.array_batches(arrays, labels, 1, 2, mask=labels == 0, progress=progress)
+    )
+    assert seen == [[0, 2, 4]] and [b.first_row for b in batches] == [0, 2, 4]
+    assert [b.mask.tolist() for b in batches] == [[True, False], [True, True], [True, False]]
+    with pytest.raises(ValueError, match=r"found 7 \(row 1\)$"):
+        list(streaming.sources.array_batches(arrays, labels, 1, 2))
+
+
 def _run_on_probabilities(probs, labels, **kwargs):
     source = _given(16, labels, predictions=probs)
     return streaming.engine.run(source, Y, ("leep", "nce"), from_logits=False, **kwargs)
