@@ -255,6 +255,10 @@ def test_array_batches_skip_masked_labels_and_report_progress():
     )
     assert seen == [[0, 2, 4]] and [b.first_row for b in batches] == [0, 2, 4]
     assert [b.mask.tolist() for b in batches] == [[True, False], [True, True], [True, False]]
+    # A ragged last batch of a JAX array is padded on its device, not copied to the host.
+    for values in (np.ones((3, 1), np.float32), jnp.ones((3, 1))):
+        *_, last = streaming.sources.array_batches({"predictions": values}, labels[:1], 1, 2)
+        assert last.inputs[0].shape == (2, 1) and type(last.inputs[0]) is type(values)
     with pytest.raises(ValueError, match=r"found 7 \(row 1\)$"):
         list(streaming.sources.array_batches(arrays, labels, 1, 2))
 

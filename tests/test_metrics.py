@@ -3,6 +3,7 @@ device reduction, jit, lax.scan and nnx.jit."""
 
 import doctest
 import importlib
+import re
 import subprocess
 import sys
 
@@ -269,6 +270,23 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
         metrics.NnxMetric(streaming.nce(Y, Z))
     with pytest.raises(ValueError, match="num_target_classes"):
         metrics.nce(0, Z)
+
+
+def test_from_accumulator_argument_errors_in_full():
+    acc = streaming.nce(Y, Z)
+    assert metrics.from_accumulator(acc, ("logits", "labels")).__name__ == "AccumulatorMetric"
+    with pytest.raises(
+        ValueError, match=r"^accumulator must be a leep_jax.streaming.Accumulator, got function$"
+    ):
+        metrics.from_accumulator(lambda: None, ("logits", "labels"))
+    for inputs in [("logits", ""), ("logits", 1)]:
+        message = f"inputs must be a non-empty sequence of output names, got {inputs!r}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            metrics.from_accumulator(acc, inputs)
+    for mask in ["", 3]:
+        message = f"mask must be an output name or None, got {mask!r}"
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            metrics.from_accumulator(acc, ("logits", "labels"), mask=mask)
 
 
 @pytest.mark.parametrize(

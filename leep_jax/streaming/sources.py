@@ -39,7 +39,7 @@ def _pad_rows(x, size: int):
     return np.pad(x, widths) if isinstance(x, np.ndarray) else jnp.pad(x, widths)
 
 
-def check_labels(labels: np.ndarray, num_target_classes: int, first_row: int = 0) -> None:
+def check_labels(labels: np.ndarray, num_target_classes: int, first_row: int) -> None:
     """Raises ValueError naming the first host label outside ``[0, num_target_classes)``."""
     bad = (labels < 0) | (labels >= num_target_classes)
     if bad.any():
