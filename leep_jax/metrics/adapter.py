@@ -67,7 +67,7 @@ class AccumulatorMetric(clu_metrics.Metric):
                 f"{missing} (got {sorted(model_output)})"
             )
         values = [jnp.asarray(model_output[name]) for name in cls.inputs]
-        mask = model_output.get(cls.mask_name) if cls.mask_name else None
+        mask = model_output.get(cls.mask_name)  # keywords are strings: never the key None
         if mask is not None:
             # clu and nnx pass masks of any dtype (often float 0/1); nonzero counts.
             mask = jnp.asarray(mask)
