@@ -327,6 +327,12 @@ def test_merge_and_reduce_go_through_the_accumulators_merge():
     assert float(stacked.reduce().compute()) == -7.0
     masked = Max.from_model_output(values=values[0], mask=jnp.array([1.0, 0.0, 0.0]))
     assert float(Max.empty().merge(masked).merge(Max.empty()).compute()) == -30.0
+    message = (
+        "AccumulatorMetric: mask 'mask' must have shape (8,) (one entry per row of 'values'), "
+        "got (5,)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        Max.from_model_output(values=values, mask=jnp.ones(5))
 
 
 FEATURE_METRICS = {

@@ -152,6 +152,15 @@ def test_joint_without_mask_and_single_batch():
     )
 
 
+
+def test_conditional_is_zero_for_source_classes_never_predicted():
+    probs = np.array([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.2, 0.0, 0.8]], np.float32)
+    joint = streaming.joint(2, 3)
+    state = joint.update(joint.init(), probs, np.array([0, 1, 1]))
+    want = [[0.5 / 1.7, 0.0, 0.5 / 1.3], [1.2 / 1.7, 0.0, 0.8 / 1.3]]
+    np.testing.assert_allclose(streaming.conditional(state), want, rtol=1e-6)
+
+
 def test_nce_state_is_the_table_of_label_and_argmax_counts():
     # The state is documented as the co-occurrence counts [Y, Z]; NCE alone would not
     # notice cells permuted within a column (its value is invariant to that).
