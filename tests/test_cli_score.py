@@ -6,6 +6,7 @@ in a subprocess to check the exit status and that stderr is one line, no traceba
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -422,6 +423,7 @@ def test_npy_rows_maps_only_the_rows_of_c_order_files_and_reads_fortran_order_on
 
     def memmap(*args, **kwargs):
         maps.append(kwargs["shape"])
+        assert kwargs["mode"] == "r"
         return real_memmap(*args, **kwargs)
 
     for order in ("C", "F"):
@@ -437,6 +439,11 @@ def test_npy_rows_maps_only_the_rows_of_c_order_files_and_reads_fortran_order_on
         # The header's np.load maps the whole file (reading nothing); then the read's map.
         assert maps == [(12, 5), (5, 5) if order == "C" else (12, 5)]
         loads.clear(), maps.clear()
+        # A file changed under us (rows missing) is a ValueError naming it, not short rows.
+        rows = sources.NpyRows(str(path))
+        np.save(path, np.asarray(values[:4], order=order))
+        with pytest.raises(ValueError, match=f"^cannot read rows 3:8 of {re.escape(str(path))}: "):
+            rows[3:8]
 
 
 def _subprocess(args, **kwargs):

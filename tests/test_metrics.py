@@ -274,7 +274,9 @@ def test_bad_inputs_raise_value_errors_naming_the_problem():
 
 def test_from_accumulator_argument_errors_in_full():
     acc = streaming.nce(Y, Z)
-    assert metrics.from_accumulator(acc, ("logits", "labels")).__name__ == "AccumulatorMetric"
+    made = metrics.from_accumulator(acc, ("logits", "labels"))
+    assert made.__name__ == made.__qualname__ == "AccumulatorMetric"
+    assert made.__module__ == "leep_jax.metrics.adapter"
     with pytest.raises(
         ValueError, match=r"^accumulator must be a leep_jax.streaming.Accumulator, got function$"
     ):

@@ -152,7 +152,6 @@ def test_joint_without_mask_and_single_batch():
     )
 
 
-
 def test_conditional_is_zero_for_source_classes_never_predicted():
     probs = np.array([[0.5, 0.0, 0.5], [1.0, 0.0, 0.0], [0.2, 0.0, 0.8]], np.float32)
     joint = streaming.joint(2, 3)

@@ -140,11 +140,6 @@ def from_accumulator(
         raise ValueError(f"inputs must be a non-empty sequence of output names, got {inputs!r}")
     if mask is not None and not (isinstance(mask, str) and mask):
         raise ValueError(f"mask must be an output name or None, got {mask!r}")
-    namespace = {
-        "accumulator": accumulator,
-        "inputs": inputs,
-        "mask_name": mask,
-        "__module__": __name__,
-        "__qualname__": name,
-    }
+    # type() takes __qualname__ from name and __module__ from this module's globals.
+    namespace = {"accumulator": accumulator, "inputs": inputs, "mask_name": mask}
     return flax.struct.dataclass(type(name, (AccumulatorMetric,), namespace))

@@ -150,7 +150,10 @@ class NpyRows:
     def read(self, start: int, stop: int) -> np.ndarray:
         try:
             if not self.rows_contiguous:  # rows are strided: map the file, copy the slice
-                return np.array(np.load(self.path, mmap_mode="r")[start:stop])
+                mapped = np.load(self.path, mmap_mode="r")
+                if mapped.shape != self.shape:  # a short slice would pass silently
+                    raise ValueError(f"its shape is now {mapped.shape}, not {self.shape}")
+                return np.array(mapped[start:stop])
             mapped = np.memmap(
                 self.path,
                 self.dtype,
