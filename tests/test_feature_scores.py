@@ -132,6 +132,16 @@ def test_logme_of_zero_features_is_the_maximum_evidence():
         )
 
 
+def test_logme_of_float32_inputs_is_the_same_with_x64_enabled():
+    # Targets exactly linear in the features: the evidence is capped by float32 floors
+    # (eps of the inputs' dtype), which x64 must not turn into float64 ones.
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(50, 4)).astype(np.float32)
+    targets = (features @ np.float32([1, 2, -1, 0.5]))[:, None]
+    want = float(leep_jax.logme_regression(features, targets))
+    assert _x64(leep_jax.logme_regression, features, targets) == want
+
+
 def test_logme_regression_matches_reference_and_direct():
     rng = np.random.default_rng(5)
     features = rng.normal(size=(150, 8)) + 1.0
