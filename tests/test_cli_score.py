@@ -438,7 +438,8 @@ def test_npy_rows_maps_only_the_rows_of_c_order_files_and_reads_fortran_order_on
         assert set(loads) == {"r"}
         # The header's np.load maps the whole file (reading nothing); then the read's map.
         assert maps == [(12, 5), (5, 5) if order == "C" else (12, 5)]
-        loads.clear(), maps.clear()
+        loads.clear()
+        maps.clear()
         # A file changed under us (rows missing) is a ValueError naming it, not short rows.
         rows = sources.NpyRows(str(path))
         np.save(path, np.asarray(values[:4], order=order))

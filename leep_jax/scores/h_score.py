@@ -61,7 +61,7 @@ def h_score_sums(
     )
 
 
-def h_score_from_sums(sums: HScoreSums, shift: ArrayLike | None = None) -> jax.Array:
+def h_score_from_sums(sums: HScoreSums, shift: ArrayLike) -> jax.Array:
     """The H-score from its sufficient statistics, both covariances normalised by n.
 
     ``Cov f = S/n - m m^T`` and ``Cov(E[f|y]) = sum_y c_y c_y^T / (n n_y) - m m^T``
@@ -77,7 +77,7 @@ def h_score_from_sums(sums: HScoreSums, shift: ArrayLike | None = None) -> jax.A
 
     Args:
       sums: :class:`HScoreSums` over ``features - shift``.
-      shift: the ``[D]`` vector the sums were taken around (None: zero).
+      shift: the ``[D]`` vector the sums were taken around (zeros for raw sums).
     """
     n = sums.count
     mean = sums.feature_sum / n
@@ -89,10 +89,9 @@ def h_score_from_sums(sums: HScoreSums, shift: ArrayLike | None = None) -> jax.A
     between_cov = matmul(weighted.T, class_means) - mean_outer
     eigenvalues, eigenvectors = jnp.linalg.eigh(feature_cov)
     eps = jnp.finfo(eigenvalues.dtype).eps
-    cutoff = eigenvalues.shape[0] * eps * jnp.max(jnp.abs(eigenvalues))
-    if shift is not None:
-        drift = 4 * eps * jnp.asarray(shift, eigenvalues.dtype)
-        cutoff = jnp.maximum(cutoff, matmul(drift**2, eigenvectors**2))
+    relative = eigenvalues.shape[0] * eps * jnp.max(jnp.abs(eigenvalues))
+    drift = 4 * eps * jnp.asarray(shift, eigenvalues.dtype)
+    cutoff = jnp.maximum(relative, matmul(drift**2, eigenvectors**2))
     keep = eigenvalues > cutoff
     inverse = jnp.where(keep, 1 / jnp.where(keep, eigenvalues, 1), 0)
     projected = jnp.einsum(
