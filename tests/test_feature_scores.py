@@ -142,6 +142,71 @@ def test_logme_of_float32_inputs_is_the_same_with_x64_enabled():
     assert _x64(leep_jax.logme_regression, features, targets) == want
 
 
+def _softmax(logits):
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def test_logme_of_well_separated_features_matches_reference():
+    # Rows that sum to one put the feature mean in the scatter's null space; with labels
+    # the features nearly determine, beta grows large and the mean direction's Sherman-
+    # Morrison term must not cancel in float32 (it gave -504 and -30.7 here).
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 500)
+    probabilities = _softmax(rng.normal(size=(500, 10)) + 10 * np.eye(5, 10)[labels])
+    near_one_hot = np.eye(5)[labels] + 1e-3 * rng.normal(size=(500, 5))
+    for features, rtol in ((probabilities, 0.03), (near_one_hot, 0.01)):
+        want = ref.logme(features, labels, 5)
+        features = features.astype(np.float32)
+        np.testing.assert_allclose(float(leep_jax.logme(features, labels, 5)), want, rtol=rtol)
+        accumulator = streaming.logme(5, features.shape[1])
+        state = accumulator.init()
+        for rows in np.array_split(np.arange(500), 3):
+            state = accumulator.update(state, features[rows], labels[rows])
+        np.testing.assert_allclose(float(accumulator.compute(state)), want, rtol=rtol)
+
+
+def test_logme_of_exactly_linear_targets_is_finite_and_keeps_its_invariances():
+    # The evidence is unbounded there and float32 floors cap it; the cap must keep the
+    # maximum evidence's invariances: features scaled by c give the same value, targets
+    # scaled by c give it minus log c (c a power of two: exact in float32).
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 64)
+    features = np.concatenate(
+        [np.eye(3)[labels], rng.normal(size=(64, 2))], axis=1, dtype=np.float32
+    )
+    capped = float(leep_jax.logme(features, labels, 3))
+    noisy = features + 1e-2 * rng.normal(size=features.shape).astype(np.float32)
+    assert capped > float(leep_jax.logme(noisy, labels, 3))
+    for scale in (2.0**-6, 0.25, 4.0, 64.0):
+        np.testing.assert_allclose(float(leep_jax.logme(features * scale, labels, 3)), capped)
+    targets = (features @ np.float32([1, -2, 0.5, 0.25, 4]))[:, None]
+    capped = float(leep_jax.logme_regression(features, targets))
+    for scale in (2.0**-6, 0.25, 4.0, 64.0):
+        np.testing.assert_allclose(
+            float(leep_jax.logme_regression(features * scale, targets)), capped, rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            float(leep_jax.logme_regression(features, targets * scale)),
+            capped - np.log(scale),
+            rtol=1e-6,
+        )
+
+
+def test_logme_of_targets_orthogonal_to_the_features_is_the_supremum():
+    # Each class's rows come in pairs f, -f: F^T y = 0, so m = 0 and the evidence grows
+    # towards its supremum as alpha -> infinity. The m^2 floor keeps alpha finite at every
+    # feature scale (the float64 fixed point, without one, is NaN here).
+    rng = np.random.default_rng(0)
+    half = rng.normal(size=(20, 3))
+    features = np.concatenate([half, -half])
+    labels = np.tile(rng.integers(0, 2, 20), 2)
+    want = ref.logme(features, labels, 2, column=ref.logme_direct_column)
+    for scale in (0.01, 1.0):
+        got = float(leep_jax.logme((features * scale).astype(np.float32), labels, 2))
+        np.testing.assert_allclose(got, want, rtol=2e-3)
+
+
 def test_logme_regression_matches_reference_and_direct():
     rng = np.random.default_rng(5)
     features = rng.normal(size=(150, 8)) + 1.0

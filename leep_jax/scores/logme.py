@@ -104,7 +104,6 @@ def _column_evidence(
     dim = eigenvalues.shape[0]
     dtype = eigenvalues.dtype
     eps = jnp.finfo(dtype).eps
-    cross = centred_cross + target_sum * mean_coords  # W^T F^T y
     mean_target = target_sum / count
     # Floors keep the evidence finite when the targets are (numerically) exactly linear
     # in the features, where it is unbounded as beta -> infinity.
@@ -117,8 +116,16 @@ def _column_evidence(
         rank_one = beta * count
         q = mean_coords / prior
         denominator = 1 + rank_one * jnp.sum(mean_coords * q)
-        # m = beta (diag(d) + rho u u^T)^-1 (W^T F^T y), by Sherman-Morrison.
-        m = beta * (cross / prior - rank_one * q * jnp.sum(q * cross) / denominator)
+        # m = beta (diag(d) + rho u u^T)^-1 (W^T F^T y), by Sherman-Morrison, with
+        # W^T F^T y = c + t u (c centred, t the target sum). Its t u part simplifies to
+        # t q / denominator; written as t q - rho q (q.t u) / denominator instead, it is
+        # a difference of two nearly equal terms that beta multiplies, which at the large
+        # beta of well-separated features is float32 noise of order one. (Softmax
+        # probabilities of a confident model: LogME -504, float64 reference 6.0.)
+        m = beta * (
+            centred_cross / prior
+            + (target_sum - rank_one * jnp.sum(q * centred_cross)) * q / denominator
+        )
         m2 = jnp.sum(m * m)
         # ||y - F m||^2 from centred pieces: ||y - ybar||^2 + n (ybar - mu.m)^2
         #   - 2 m.(Fc^T y) + m^T C m.
