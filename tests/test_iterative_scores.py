@@ -375,7 +375,14 @@ def test_nleep_matches_float64_em_and_leep(seed):
     )
     valid = features[keep]
     num_kept = ref.pca_num_kept(valid, 0.8)
-    assert num_kept == PCA(0.8).fit(valid).n_components_
+    pca = PCA(0.8).fit(valid.astype(np.float64))
+    assert num_kept == pca.n_components_
+    # The kernel's PCA scores: scikit-learn's up to each axis's sign, zero past num_kept.
+    kernel = np.asarray(scores)[keep]
+    want = pca.transform(valid.astype(np.float64))
+    signs = np.sign(np.sum(kernel[:, :num_kept] * want, axis=0))
+    np.testing.assert_allclose(kernel[:, :num_kept] * signs, want, atol=1e-4)
+    assert not np.any(kernel[:, num_kept:])
     # Given the kernel's PCA scores and k-means means, a float64 EM finds the same mixture.
     scores = np.asarray(scores)[keep, :num_kept]
     initial = np.asarray(initial)[:, :num_kept]
@@ -388,6 +395,49 @@ def test_nleep_matches_float64_em_and_leep(seed):
     # Sanity: about as good a fit as scikit-learn's EM from its own k-means start.
     sklearn_fit = GaussianMixture(NLEEP_CLASSES * PER_CLASS, random_state=0).fit(scores)
     assert lower_bound == pytest.approx(sklearn_fit.score(scores), abs=0.05)
+
+
+def test_nleep_kept_axes_at_an_exact_variance_fraction():
+    # Covariance diag(4, 1) exactly: the first axis explains exactly 0.8 (4 / 5 rounds to
+    # float32(0.8)). scikit-learn's rule keeps the axes up to the first cumulative ratio
+    # above the fraction, here both (its own SVD lands a rounding error above 0.8).
+    signs = np.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], np.float32)
+    features = np.tile(signs * np.float32([2, 1]), (5, 1))
+    labels = np.arange(20) % 2
+    _, _, num_kept = nleep_module._principal_axes(features, labels, None, 2, 0.8)
+    assert int(num_kept) == 2
+    _, _, num_kept = nleep_module._principal_axes(features, labels, None, 2, 0.79)
+    assert int(num_kept) == 1
+
+
+def test_nleep_em_width_is_at_most_a_quarter_octave_above_the_kept_axes():
+    for limit in (7, 100, 1000):  # none a bucket: the cap must bind
+        for num_kept in range(1, limit + 1):
+            width = nleep_module._width(num_kept, limit)
+            assert num_kept <= width <= min(limit, int(1.25 * num_kept) + 1), (num_kept, limit)
+
+
+def test_nleep_defaults_are_the_papers():
+    # Li et al. (CVPR 2021): 5 Gaussians per class on the PCA axes explaining 80 %.
+    features, labels = mixture_data(6)
+    key = jax.random.key(0)
+    explicit = leep_jax.nleep(
+        features, labels, NLEEP_CLASSES, key=key, components_per_class=5, pca_variance=0.8
+    )
+    assert float(leep_jax.nleep(features, labels, NLEEP_CLASSES, key=key)) == float(explicit)
+
+
+def test_nleep_components_mapped_in_batches_give_the_same_score(monkeypatch):
+    # Real workloads map the mixture components in batches (about 2^24 elements in
+    # flight); shrink the budget so these 150 x 6 rows take 2 of the 9 components a step.
+    features, labels = mixture_data(5)
+    call = {"key": jax.random.key(3), "components_per_class": PER_CLASS}
+    whole = float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call))
+    monkeypatch.setattr(nleep_module, "_BATCH_ELEMENTS", 2 * features.size)
+    jax.clear_caches()
+    batched = float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call))
+    jax.clear_caches()
+    assert batched == pytest.approx(whole, abs=1e-5)
 
 
 def test_nleep_jit_and_relabelling():
