@@ -440,6 +440,33 @@ def test_nleep_components_mapped_in_batches_give_the_same_score(monkeypatch):
     assert batched == pytest.approx(whole, abs=1e-5)
 
 
+def test_nleep_kmeans_ends_at_a_lloyd_fixed_point():
+    # Lloyd stopped because no label changed: every centre is the mean of the valid rows
+    # nearest to it (float64 distances), and masked rows move nothing. At two scales:
+    # squared distances mostly above and all below one.
+    features, _ = mixture_data(7)
+    weights = (np.arange(len(features)) % 10 != 0).astype(np.float32)
+    for scale in (1, 1 / 16):
+        x = features * np.float32(scale)
+        centers = nleep_module.kmeans_init(jax.random.key(1), jnp.asarray(x), weights, 6)
+        centers, x = np.asarray(centers, np.float64), x.astype(np.float64)
+        nearest = np.argmin(((x[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
+        for m in range(6):
+            rows = (nearest == m) & (weights > 0)
+            assert rows.any()
+            np.testing.assert_allclose(centers[m], x[rows].mean(axis=0), atol=1e-5 * scale)
+
+
+def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
+    features, labels = mixture_data(8)
+    call = {"key": jax.random.key(2), "components_per_class": PER_CLASS}
+    want = float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call))
+    with jax.enable_x64(True):
+        assert float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call)) == want
+        wide = leep_jax.nleep(features.astype(np.float64), labels, NLEEP_CLASSES, **call)
+        assert wide.dtype == np.float64 and -10 < float(wide) <= 0
+
+
 def test_nleep_jit_and_relabelling():
     features, labels = mixture_data(2)
     key = jax.random.key(7)
