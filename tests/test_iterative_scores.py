@@ -457,6 +457,25 @@ def test_nleep_kmeans_ends_at_a_lloyd_fixed_point():
             np.testing.assert_allclose(centers[m], x[rows].mean(axis=0), atol=1e-5 * scale)
 
 
+def test_nleep_kmeans_plus_plus_draws_rows_by_squared_distance(monkeypatch):
+    # With no Lloyd rounds the centres are the k-means++ seeds: the first a uniform draw
+    # among the valid rows, the next one row with probability proportional to its squared
+    # distance to the nearest seed so far (a seed never twice, a masked row never).
+    monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
+    x = jnp.array([[0.0], [1.0], [3.0], [7.0]])
+    weights = jnp.array([1.0, 1.0, 1.0, 0.0])
+    keys = jax.random.split(jax.random.key(0), 6000)
+    seeds = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, weights, 2))(keys)
+    first, second = np.asarray(seeds[:, 0, 0]), np.asarray(seeds[:, 1, 0])
+    for value in (0, 1, 3):
+        picked = first == value
+        assert abs(picked.mean() - 1 / 3) < 4.5 * np.sqrt(2 / 9 / len(keys))
+        others = np.array([v for v in (0, 1, 3) if v != value], np.float64)
+        chance = (others - value) ** 2 / np.sum((others - value) ** 2)
+        got = np.array([np.mean(second[picked] == other) for other in others])
+        np.testing.assert_allclose(got, chance, atol=4.5 * np.sqrt(0.25 / picked.sum()))
+
+
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
     features, labels = mixture_data(8)
     call = {"key": jax.random.key(2), "components_per_class": PER_CLASS}
