@@ -457,16 +457,19 @@ def test_nleep_kmeans_ends_at_a_lloyd_fixed_point():
             np.testing.assert_allclose(centers[m], x[rows].mean(axis=0), atol=1e-5 * scale)
 
 
-def test_nleep_kmeans_plus_plus_draws_rows_by_squared_distance(monkeypatch):
+@pytest.mark.parametrize("scale", [1, 1 / 8])
+def test_nleep_kmeans_plus_plus_draws_rows_by_squared_distance(monkeypatch, scale):
     # With no Lloyd rounds the centres are the k-means++ seeds: the first a uniform draw
     # among the valid rows, the next one row with probability proportional to its squared
     # distance to the nearest seed so far (a seed never twice, a masked row never).
     monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
-    x = jnp.array([[0.0], [1.0], [3.0], [7.0]])
-    weights = jnp.array([1.0, 1.0, 1.0, 0.0])
+    x = jnp.array([[7.0], [0.0], [1.0], [3.0]]) * scale
+    weights = jnp.array([0.0, 1.0, 1.0, 1.0])
     keys = jax.random.split(jax.random.key(0), 6000)
-    seeds = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, weights, 2))(keys)
-    first, second = np.asarray(seeds[:, 0, 0]), np.asarray(seeds[:, 1, 0])
+    seeds = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, weights, 3))(keys)
+    seeds = np.asarray(seeds[..., 0]) / scale
+    first, second = seeds[:, 0], seeds[:, 1]
+    np.testing.assert_array_equal(np.sort(seeds, axis=1), np.tile([0, 1, 3], (len(keys), 1)))
     for value in (0, 1, 3):
         picked = first == value
         assert abs(picked.mean() - 1 / 3) < 4.5 * np.sqrt(2 / 9 / len(keys))
@@ -474,6 +477,17 @@ def test_nleep_kmeans_plus_plus_draws_rows_by_squared_distance(monkeypatch):
         chance = (others - value) ** 2 / np.sum((others - value) ** 2)
         got = np.array([np.mean(second[picked] == other) for other in others])
         np.testing.assert_allclose(got, chance, atol=4.5 * np.sqrt(0.25 / picked.sum()))
+
+
+def test_nleep_kmeans_plus_plus_with_every_row_covered_draws_a_valid_row(monkeypatch):
+    # Two distinct valid rows, three seeds: the third has no distance left to weigh by and
+    # is a uniform draw among the valid rows, never the masked first one.
+    monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
+    x = jnp.array([[7.0], [0.0], [1.0], [1.0]])
+    weights = jnp.array([0.0, 1.0, 1.0, 1.0])
+    keys = jax.random.split(jax.random.key(1), 200)
+    seeds = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, weights, 3))(keys)
+    assert set(np.unique(np.asarray(seeds[:, 2, 0]))) == {0.0, 1.0}
 
 
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
