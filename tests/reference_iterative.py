@@ -130,6 +130,35 @@ def pca_num_kept(features, fraction):
     return int(np.searchsorted(ratio, fraction, side="right") + 1)
 
 
+def kmeans_lloyd(x, weights, centers, tol=1e-4, max_iter=300):
+    """scikit-learn's Lloyd rounds from ``centers``, with its stopping rule: no label
+    changes, or the centres move (sum of squared shifts) by at most ``tol`` times the
+    mean per-column variance. Rows of weight 0 are ignored; an empty cluster keeps its
+    centre."""
+    x, centers = np.asarray(x, np.float64), np.asarray(centers, np.float64)
+    valid = np.asarray(weights) > 0
+    tolerance = tol * x[valid].var(axis=0).mean()
+
+    def assign(centers):
+        return np.argmin(((x[:, None, :] - centers[None]) ** 2).sum(axis=-1), axis=1)
+
+    labels = assign(centers)
+    for _ in range(max_iter):
+        new = np.array(
+            [
+                x[valid & (labels == m)].mean(axis=0) if np.any(valid & (labels == m)) else c
+                for m, c in enumerate(centers)
+            ]
+        )
+        new_labels = assign(new)
+        changed = np.any((new_labels != labels) & valid)
+        moved = ((new - centers) ** 2).sum() > tolerance
+        centers, labels = new, new_labels
+        if not (changed and moved):
+            break
+    return centers
+
+
 def _m_step(x, responsibilities, reg_covar):
     n, dims = x.shape
     counts = responsibilities.sum(axis=0) + 10 * np.finfo(np.float64).eps

@@ -490,6 +490,29 @@ def test_nleep_kmeans_plus_plus_with_every_row_covered_draws_a_valid_row(monkeyp
     assert set(np.unique(np.asarray(seeds[:, 2, 0]))) == {0.0, 1.0}
 
 
+def test_nleep_kmeans_matches_float64_lloyd_from_its_seeds(monkeypatch):
+    # Uniform rows, 20 clusters: Lloyd stops by the movement tolerance after 15 rounds
+    # here, which twice the tolerance (12 rounds) or none (21) would move by 6e-3, 2e-2.
+    x = np.random.default_rng(3).uniform(size=(1000, 2)).astype(np.float32)
+    weights = np.ones(1000, np.float32)
+    key = jax.random.key(3)
+    centers = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
+    monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
+    jax.clear_caches()
+    seeds = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
+    want = ref.kmeans_lloyd(x, weights, seeds)
+    np.testing.assert_allclose(np.asarray(centers), want, atol=1e-5)
+
+
+def test_nleep_kmeans_empty_cluster_keeps_its_centre():
+    # Two distinct rows, three clusters: two seeds coincide, argmin gives their rows to
+    # the first, and the empty one stays where it was seeded (not at the origin).
+    x = jnp.array([[5.0], [5.0], [5.0], [10.0]])
+    keys = jax.random.split(jax.random.key(4), 20)
+    centers = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, jnp.ones(4), 3))(keys)
+    assert set(np.unique(np.asarray(centers))) == {5.0, 10.0}
+
+
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
     features, labels = mixture_data(8)
     call = {"key": jax.random.key(2), "components_per_class": PER_CLASS}
