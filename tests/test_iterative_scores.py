@@ -500,8 +500,28 @@ def test_nleep_kmeans_matches_float64_lloyd_from_its_seeds(monkeypatch):
     monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
     jax.clear_caches()
     seeds = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
+    assert np.all(np.any(np.all(np.asarray(seeds)[:, None] == x[None], axis=-1), axis=1))
     want = ref.kmeans_lloyd(x, weights, seeds)
     np.testing.assert_allclose(np.asarray(centers), want, atol=1e-5)
+    # At most KMEANS_MAX_ITERATIONS rounds.
+    monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 3)
+    jax.clear_caches()
+    capped = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
+    want = ref.kmeans_lloyd(x, weights, seeds, max_iter=3)
+    np.testing.assert_allclose(np.asarray(capped), want, atol=1e-5)
+
+
+def test_nleep_kmeans_matches_float64_lloyd_on_small_clusters(monkeypatch):
+    # 30 rows, 6 clusters, 16 keys: some runs leave a cluster with one row away from its
+    # centre, which must move onto that row.
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(30, 2)).astype(np.float32))
+    keys = jax.random.split(jax.random.key(3), 16)
+    run = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, jnp.ones(30), 6))
+    centers = np.asarray(run(keys))
+    monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
+    jax.clear_caches()
+    for got, seeds in zip(centers, np.asarray(run(keys)), strict=True):
+        np.testing.assert_allclose(got, ref.kmeans_lloyd(x, np.ones(30), seeds), atol=1e-5)
 
 
 def test_nleep_kmeans_empty_cluster_keeps_its_centre():
