@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 import reference_features as ref
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -142,18 +143,13 @@ def test_logme_of_float32_inputs_is_the_same_with_x64_enabled():
     assert _x64(leep_jax.logme_regression, features, targets) == want
 
 
-def _softmax(logits):
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
 def test_logme_of_well_separated_features_matches_reference():
     # Rows that sum to one put the feature mean in the scatter's null space; with labels
     # the features nearly determine, beta grows large and the mean direction's Sherman-
     # Morrison term must not cancel in float32 (it gave -504 and -30.7 here).
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 5, 500)
-    probabilities = _softmax(rng.normal(size=(500, 10)) + 10 * np.eye(5, 10)[labels])
+    probabilities = reference.softmax(rng.normal(size=(500, 10)) + 10 * np.eye(5, 10)[labels])
     near_one_hot = np.eye(5)[labels] + 1e-3 * rng.normal(size=(500, 5))
     for features, rtol in ((probabilities, 0.03), (near_one_hot, 0.01)):
         want = ref.logme(features, labels, 5)

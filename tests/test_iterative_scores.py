@@ -498,14 +498,12 @@ def test_nleep_kmeans_matches_float64_lloyd_from_its_seeds(monkeypatch):
     key = jax.random.key(3)
     centers = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
     monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
-    jax.clear_caches()
     seeds = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
     assert np.all(np.any(np.all(np.asarray(seeds)[:, None] == x[None], axis=-1), axis=1))
     want = ref.kmeans_lloyd(x, weights, seeds)
     np.testing.assert_allclose(np.asarray(centers), want, atol=1e-5)
     # At most KMEANS_MAX_ITERATIONS rounds.
     monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 3)
-    jax.clear_caches()
     capped = nleep_module.kmeans_init(key, jnp.asarray(x), weights, 20)
     want = ref.kmeans_lloyd(x, weights, seeds, max_iter=3)
     np.testing.assert_allclose(np.asarray(capped), want, atol=1e-5)
@@ -519,7 +517,6 @@ def test_nleep_kmeans_matches_float64_lloyd_on_small_clusters(monkeypatch):
     run = jax.vmap(lambda key: nleep_module.kmeans_init(key, x, jnp.ones(30), 6))
     centers = np.asarray(run(keys))
     monkeypatch.setattr(nleep_module, "KMEANS_MAX_ITERATIONS", 0)
-    jax.clear_caches()
     for got, seeds in zip(centers, np.asarray(run(keys)), strict=True):
         np.testing.assert_allclose(got, ref.kmeans_lloyd(x, np.ones(30), seeds), atol=1e-5)
 

@@ -1,6 +1,5 @@
 """Exactness, invariance and edge cases of the in-memory scores."""
 
-import functools
 import sys
 
 import jax
@@ -178,7 +177,7 @@ def test_h_score_noise_floor_is_four_ulps_of_the_shift():
     # Two classes at 1 and 1 + 9 ulps: a standard deviation of 4.5 ulps of the mean, just
     # above the floor (4 eps |shift|), is kept: all of it lies between the classes.
     labels = np.arange(40) % 2
-    apart = functools.reduce(lambda x, _: np.nextafter(x, np.float32(2)), range(9), np.float32(1))
+    apart = np.float32(1) + 9 * np.finfo(np.float32).eps  # exact: ulp(1) = eps
     features = np.where(labels == 0, np.float32(1), apart)[:, None].astype(np.float32)
     assert ref.h_score(features, labels, 2) == pytest.approx(1.0)
     assert float(leep_jax.h_score(features, labels, 2)) == pytest.approx(1.0, rel=1e-6)
