@@ -113,3 +113,51 @@ def test_same_bucketed_counts_compile_once():
     ]
     leep_jax.transrate(f32 + 1, moved, C)
     assert kernel._cache_size() == before
+
+
+def test_five_classes_of_one_size_count_once_beside_their_padding_class():
+    """Five classes of 20 rows share one block, padded to six classes (ops.size_bucket):
+    the padding class has count 0 and must not count in the mean class rate."""
+    rng = np.random.default_rng(5)
+    labels = np.repeat(np.arange(C), 20).astype(np.int32)
+    features = rng.normal(size=(100, 8)) + 0.5 * rng.normal(size=(C, 8))[labels]
+    (block,) = transrate_module.class_blocks(labels, None, C)
+    np.testing.assert_array_equal(np.asarray(block.counts), [20] * C + [0])
+    expected = ref.transrate(features, labels, C)
+    with jax.enable_x64(True):
+        np.testing.assert_allclose(
+            float(leep_jax.transrate(features, labels, C)), expected, rtol=1e-9
+        )
+    got32 = float(leep_jax.transrate(features.astype(np.float32), labels, C))
+    np.testing.assert_allclose(got32, expected, rtol=5e-5)
+
+
+@pytest.mark.parametrize("path", ["eager", "traced"])
+def test_float32_features_score_in_float32_with_x64_enabled(path):
+    """x64 must not widen a float32 computation: the same float32 value, bit for bit."""
+    features, labels = _imbalanced(6)
+    f32 = features.astype(np.float32)
+    mask = np.ones(len(labels), bool)
+    score = (lambda *a: leep_jax.transrate(*a[:2], C, mask=a[2])) if path == "eager" else _traced
+    want = score(f32, labels, mask)
+    with jax.enable_x64(True):
+        got = score(f32, labels, mask)
+    assert got.dtype == want.dtype == jnp.float32
+    assert float(got) == float(want)
+
+
+def test_the_class_block_path_asks_for_highest_precision():
+    """test_feature_scores checks the matmuls of traced labels (the chunk loop); under
+    make_jaxpr labels are tracers, so the blocks path is traced here with its blocks."""
+    from test_feature_scores import _dot_precisions
+
+    features, labels = _imbalanced(7)
+    blocks = transrate_module.class_blocks(labels, None, C)
+    assert {b.rows.shape[1] <= features.shape[1] for b in blocks} == {True, False}
+    program = jax.make_jaxpr(lambda f, b: transrate_module._transrate(f, labels, None, b, C, 1e-4))(
+        features.astype(np.float32), blocks
+    )
+    precisions = _dot_precisions(program.jaxpr)
+    assert len(precisions) >= 1 + len(blocks)  # the total Gram and one per block
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert all(p == highest for p in precisions), precisions
