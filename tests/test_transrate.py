@@ -161,3 +161,20 @@ def test_the_class_block_path_asks_for_highest_precision():
     assert len(precisions) >= 1 + len(blocks)  # the total Gram and one per block
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     assert all(p == highest for p in precisions), precisions
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_out_of_range_labels_count_as_masked_on_both_paths_when_unchecked(with_mask):
+    """validate_inputs=False skips the label check; as under jit, a row labelled -1, C or
+    above then counts as masked, on the eager (class blocks) path too."""
+    features, labels = _imbalanced(8)
+    f32 = features.astype(np.float32)
+    mask = np.random.default_rng(8).random(len(labels)) < 0.9 if with_mask else None
+    bad = labels.copy()
+    bad[[3, 10, 50]] = [-1, C, C + 4]
+    kept = np.ones(len(labels), bool) if mask is None else mask.copy()
+    kept[[3, 10, 50]] = False
+    want = float(leep_jax.transrate(f32, labels, C, mask=kept))
+    eager = leep_jax.transrate(f32, bad, C, mask=mask, validate_inputs=False)
+    traced = jax.jit(lambda f, y: leep_jax.transrate(f, y, C, mask=mask))(f32, bad)
+    np.testing.assert_allclose([float(eager), float(traced)], want, rtol=2e-5)
