@@ -178,3 +178,13 @@ def test_out_of_range_labels_count_as_masked_on_both_paths_when_unchecked(with_m
     eager = leep_jax.transrate(f32, bad, C, mask=mask, validate_inputs=False)
     traced = jax.jit(lambda f, y: leep_jax.transrate(f, y, C, mask=mask))(f32, bad)
     np.testing.assert_allclose([float(eager), float(traced)], want, rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("num_rows", "num_classes", "chunk"),
+    [(1000, 10, 64), (100, 2, 32), (10**6, 2, 256), (50, 40, 8), (7, 3, 8), (3, 1, 4), (1, 1, 1)],
+)
+def test_chunk_rows_is_a_power_of_two_near_the_mean_class_size(num_rows, num_classes, chunk):
+    """The largest power of two <= the mean class size, within [8, 256], and never above
+    the power of two that covers all rows (the cost bound of class_grams' docstring)."""
+    assert transrate_module._chunk_rows(num_rows, num_classes) == chunk
