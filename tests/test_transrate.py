@@ -138,7 +138,11 @@ def test_float32_features_score_in_float32_with_x64_enabled(path):
     features, labels = _imbalanced(6)
     f32 = features.astype(np.float32)
     mask = np.ones(len(labels), bool)
-    score = (lambda *a: leep_jax.transrate(*a[:2], C, mask=a[2])) if path == "eager" else _traced
+
+    def eager(features, labels, mask):
+        return leep_jax.transrate(features, labels, C, mask=mask)
+
+    score = eager if path == "eager" else _traced
     want = score(f32, labels, mask)
     with jax.enable_x64(True):
         got = score(f32, labels, mask)
