@@ -530,6 +530,31 @@ def test_nleep_kmeans_empty_cluster_keeps_its_centre():
     assert set(np.unique(np.asarray(centers))) == {5.0, 10.0}
 
 
+def test_nleep_m_step_matches_scikit_learn_with_an_empty_component():
+    # scikit-learn's M-step, float64: every count gets 10 eps, so a component without
+    # responsibility keeps a positive weight (10 eps / n), a zero mean and reg_covar.
+    from sklearn.mixture._gaussian_mixture import (
+        _compute_precision_cholesky,
+        _estimate_gaussian_parameters,
+    )
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(12, 3))
+    resp = rng.dirichlet(np.ones(3), size=12)
+    resp = np.concatenate([resp, np.zeros((12, 1))], axis=1)  # component 3 is empty
+    counts, means, covariances = _estimate_gaussian_parameters(
+        x, resp, nleep_module.REG_COVAR, "full"
+    )
+    with jax.enable_x64(True):
+        log_weights, got_means, precision_cholesky = nleep_module._m_step(
+            jnp.asarray(x), jnp.ones(12), jnp.asarray(resp), 3
+        )
+    np.testing.assert_allclose(np.exp(log_weights), counts / counts.sum(), rtol=1e-12)
+    np.testing.assert_allclose(got_means, means, atol=1e-12)
+    want = _compute_precision_cholesky(covariances, "full")
+    np.testing.assert_allclose(precision_cholesky, want, rtol=1e-6)
+
+
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
     features, labels = mixture_data(8)
     call = {"key": jax.random.key(2), "components_per_class": PER_CLASS}
