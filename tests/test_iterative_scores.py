@@ -555,6 +555,43 @@ def test_nleep_m_step_matches_scikit_learn_with_an_empty_component():
     np.testing.assert_allclose(precision_cholesky, want, rtol=1e-6)
 
 
+def test_nleep_cholesky_retries_with_more_jitter_where_rounding_breaks_it():
+    # Rows on a line give a covariance singular but for REG_COVAR, which float32 cannot
+    # resolve next to 1e4; rounding can leave it indefinite by a few ulps, more than the
+    # jitter of one attempt (2 eps 1e4, about 2.4 ulps) makes up for.
+    big = np.float32(1e4)
+    low = big - 8 * np.spacing(big)
+    covariance = jnp.array([[big, big], [big, low]])
+    jitter = jnp.full(2, 2 * np.finfo(np.float32).eps * big)
+    once = jnp.linalg.cholesky(covariance + jnp.diag(nleep_module.REG_COVAR + jitter))
+    assert not np.all(np.isfinite(once))
+    lower = nleep_module._regularized_cholesky(covariance, jitter)
+    assert np.all(np.isfinite(lower))
+    np.testing.assert_allclose(lower @ lower.T, covariance, atol=20 * float(jitter[0]))
+    # A covariance that factors at once is factored as it is.
+    good = jnp.array([[2.0, 0.5], [0.5, 1.0]], jnp.float32)
+    want = jnp.linalg.cholesky(good + jnp.diag(nleep_module.REG_COVAR + jitter))
+    np.testing.assert_array_equal(nleep_module._regularized_cholesky(good, jitter), want)
+
+
+def test_nleep_of_classes_on_lines_is_finite_and_matches_float64_em():
+    # Each class on a line, far apart: EM squeezes components onto the lines, where
+    # float32 Cholesky factors failed (NaN) before the jitter retries.
+    rng = np.random.default_rng(0)
+    labels = (np.arange(150) % NLEEP_CLASSES).astype(np.int32)
+    directions = np.array([[1.0, 0.3], [-0.4, 1.0], [0.7, -0.7]])
+    centres = np.array([[0.0, 0.0], [600.0, 0.0], [0.0, 600.0]])
+    along = rng.uniform(-300, 300, size=150)
+    features = (centres[labels] + along[:, None] * directions[labels]).astype(np.float32)
+    for seed in range(4):
+        score, (scores, initial, _, _) = _fit(
+            features, labels, jax.random.key(seed), np.ones(150, bool)
+        )
+        log_resp, _, _ = ref.gaussian_mixture_em(np.asarray(scores), np.asarray(initial))
+        want = reference.leep_from_logits(log_resp, labels, NLEEP_CLASSES)
+        assert float(score) == pytest.approx(want, abs=1e-6)
+
+
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
     features, labels = mixture_data(8)
     call = {"key": jax.random.key(2), "components_per_class": PER_CLASS}

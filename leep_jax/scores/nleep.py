@@ -20,6 +20,8 @@ TOLERANCE = 1e-3
 MAX_ITERATIONS = 100
 KMEANS_MAX_ITERATIONS = 300
 KMEANS_TOLERANCE = 1e-4
+# Tenfold jitter increases before a covariance's Cholesky factor gives up (NaN).
+JITTER_RETRIES = 6
 # Components per lax.map step: about this many [n, dims] elements in flight.
 _BATCH_ELEMENTS = 1 << 24
 
@@ -148,9 +150,10 @@ def _m_step(x, weights, responsibilities, num_kept):
 
     Returns ``(log_weights, means, precision_cholesky)``. Covariances get
     ``REG_COVAR`` on the diagonal as in scikit-learn; on the ``num_kept`` real columns
-    also float32's resolution, ``dims * eps * max variance``, so that Cholesky never
-    fails (the zero padding columns keep exactly ``REG_COVAR``: they then add the same
-    constant to every component's log-density and change nothing).
+    also float32's resolution, ``dims * eps * max variance``, or more where rounding
+    still leaves a covariance indefinite (:func:`_regularized_cholesky`). The zero
+    padding columns keep exactly ``REG_COVAR``: they then add the same constant to every
+    component's log-density and change nothing.
     """
     num_rows, dims = x.shape
     dtype = x.dtype
@@ -164,16 +167,42 @@ def _m_step(x, weights, responsibilities, num_kept):
         centered = x - mean[None, :]
         covariance = symmetric(matmul((centered * column[:, None]).T, centered) / count)
         jitter = dims * jnp.finfo(dtype).eps * jnp.max(jnp.diagonal(covariance))
-        return covariance + jnp.diag(REG_COVAR + jnp.where(real, jitter, 0))
+        return covariance, jnp.where(real, jitter, 0)
 
-    def precision_factor(covariance):
-        lower = jnp.linalg.cholesky(covariance)
+    def precision_factor(covariance, jitter):
+        lower = _regularized_cholesky(covariance, jitter)
         inverse = jax.scipy.linalg.solve_triangular(lower, jnp.eye(dims, dtype=dtype), lower=True)
         return inverse.T
 
-    covariances = _component_map(one, (weighted.T, means, counts), num_rows, dims)
-    precision_cholesky = ops.per_matrix(precision_factor, covariances)
+    covariances, jitters = _component_map(one, (weighted.T, means, counts), num_rows, dims)
+    precision_cholesky = ops.per_matrix(precision_factor, covariances, jitters)
     return jnp.log(counts / jnp.sum(counts)), means, precision_cholesky
+
+
+def _regularized_cholesky(covariance, jitter):
+    """Cholesky factor of ``covariance + diag(REG_COVAR + s * jitter)``, ``[dims, dims]``.
+
+    ``s`` is the first of 1, 10, ..., ``10**JITTER_RETRIES`` that factors. A component
+    whose rows lie on a line or a plane has a covariance that only ``REG_COVAR`` makes
+    positive definite; in float32 that is below the resolution of its diagonal, and
+    rounding can leave the matrix indefinite even with the jitter (Cholesky gives NaN).
+    Ten times the jitter per retry then factors it; a covariance that factors at once
+    is unchanged.
+    """
+
+    def factor(scale):
+        return jnp.linalg.cholesky(covariance + jnp.diag(REG_COVAR + scale * jitter))
+
+    def failed(carry):
+        scale, lower = carry
+        return ~jnp.all(jnp.isfinite(lower)) & (scale < 10.0**JITTER_RETRIES)
+
+    def retry(carry):
+        scale, _ = carry
+        return scale * 10, factor(scale * 10)
+
+    one = jnp.ones((), covariance.dtype)
+    return jax.lax.while_loop(failed, retry, (one, factor(one)))[1]
 
 
 def fit_gaussian_mixture(x, weights, initial_means, num_kept=None) -> GaussianMixture:
