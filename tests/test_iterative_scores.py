@@ -555,6 +555,15 @@ def test_nleep_m_step_matches_scikit_learn_with_an_empty_component():
     np.testing.assert_allclose(precision_cholesky, want, rtol=1e-6)
 
 
+def test_nleep_mixture_without_num_kept_has_no_padding_columns():
+    features, _ = mixture_data(5, n=60)
+    x = jnp.asarray(features[:, :3])
+    initial = x[:4]
+    default = nleep_module.fit_gaussian_mixture(x, jnp.ones(60), initial)
+    every = nleep_module.fit_gaussian_mixture(x, jnp.ones(60), initial, 3)
+    jax.tree.map(np.testing.assert_array_equal, default, every)
+
+
 def test_nleep_cholesky_retries_with_more_jitter_where_rounding_breaks_it():
     # Rows on a line give a covariance singular but for REG_COVAR, which float32 cannot
     # resolve next to 1e4; rounding can leave it indefinite by a few ulps, more than the
