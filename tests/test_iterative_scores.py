@@ -592,13 +592,17 @@ def test_nleep_of_classes_on_lines_is_finite_and_matches_float64_em():
     centres = np.array([[0.0, 0.0], [600.0, 0.0], [0.0, 600.0]])
     along = rng.uniform(-300, 300, size=150)
     features = (centres[labels] + along[:, None] * directions[labels]).astype(np.float32)
+    iterations = []
     for seed in range(4):
-        score, (scores, initial, _, _) = _fit(
+        score, (scores, initial, _, num_iterations) = _fit(
             features, labels, jax.random.key(seed), np.ones(150, bool)
         )
         log_resp, _, _ = ref.gaussian_mixture_em(np.asarray(scores), np.asarray(initial))
         want = reference.leep_from_logits(log_resp, labels, NLEEP_CLASSES)
         assert float(score) == pytest.approx(want, abs=1e-6)
+        iterations.append(int(num_iterations))
+    # The likelihood keeps growing as components squeeze: EM stops at its cap.
+    assert max(iterations) == nleep_module.MAX_ITERATIONS == 100
 
 
 def test_nleep_under_x64_float32_inputs_unchanged_float64_inputs_in_float64():
