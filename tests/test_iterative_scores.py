@@ -556,12 +556,16 @@ def test_nleep_m_step_matches_scikit_learn_with_an_empty_component():
 
 
 def test_nleep_mixture_without_num_kept_has_no_padding_columns():
-    features, _ = mixture_data(5, n=60)
+    features, _ = mixture_data(0, n=60)
     x = jnp.asarray(features[:, :3])
     initial = x[:4]
     default = nleep_module.fit_gaussian_mixture(x, jnp.ones(60), initial)
     every = nleep_module.fit_gaussian_mixture(x, jnp.ones(60), initial, 3)
     jax.tree.map(np.testing.assert_array_equal, default, every)
+    # Its bound and iterations are those of a float64 EM from the same means.
+    _, lower_bound, iterations = ref.gaussian_mixture_em(features[:, :3], initial)
+    assert int(default.num_iterations) == iterations
+    assert float(default.lower_bound) == pytest.approx(lower_bound, abs=1e-4)
 
 
 def test_nleep_cholesky_retries_with_more_jitter_where_rounding_breaks_it():
@@ -633,12 +637,36 @@ def test_nleep_jit_and_relabelling():
 def test_nleep_degenerate_inputs():
     features, labels = mixture_data(3)
     key = jax.random.key(0)
-    with pytest.raises(ValueError, match="components"):
+    with pytest.raises(ValueError, match=r"components \(5 x 3 = 15\), got 5$"):
         leep_jax.nleep(features[:5], labels[:5], NLEEP_CLASSES, key=key)
+    # As many rows as components is enough (as scikit-learn).
+    few = leep_jax.nleep(features[:6], labels[:6], NLEEP_CLASSES, key=key, components_per_class=2)
+    assert np.isfinite(float(few))
     # Fewer distinct points than components: empty components, finite score.
     repeated = np.repeat(features[:3], 50, axis=0)
     score, _ = _fit(repeated, labels, key, np.ones(len(labels), bool))
     assert np.isfinite(float(score)) and float(score) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("argument", "value", "message"),
+    [
+        ("components_per_class", 0, "components_per_class must be >= 1, got 0"),
+        ("components_per_class", True, "components_per_class must be >= 1, got True"),
+        ("pca_variance", 0.0, r"pca_variance must lie in \(0, 1\], got 0.0"),
+        ("pca_variance", 1.5, r"pca_variance must lie in \(0, 1\], got 1.5"),
+    ],
+)
+def test_nleep_rejects_bad_arguments(argument, value, message):
+    features, labels = mixture_data(3, n=60)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        leep_jax.nleep(features, labels, NLEEP_CLASSES, key=jax.random.key(0), **{argument: value})
+
+
+def test_nleep_takes_one_component_per_class_and_every_axis():
+    features, labels = mixture_data(3, n=60)
+    call = {"key": jax.random.key(0), "components_per_class": 1, "pca_variance": 1.0}
+    assert -10 < float(leep_jax.nleep(features, labels, NLEEP_CLASSES, **call)) <= 0
 
 
 @pytest.mark.parametrize("name", ["sfda", "parc", "nleep"])
