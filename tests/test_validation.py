@@ -42,14 +42,34 @@ def _with(array, row, col, value):
         (PROBS, np.array([0, -1, 2, 0, 1, 2]), 3, {}, "labels must lie in"),
         (_with(PROBS, 2, 1, np.nan), LABELS, 3, {}, "NaN or Inf"),
         (_with(PROBS, 2, 1, np.inf), LABELS, 3, {"from_logits": True}, "NaN or Inf"),
-        (PROBS * 1.1, LABELS, 3, {}, "rows must sum to 1"),
-        (_with(_with(PROBS, 0, 0, -0.25), 0, 1, 0.75), LABELS, 3, {}, "negative probabilities"),
+        (
+            PROBS * 1.1,
+            LABELS,
+            3,
+            {},
+            r"^predictions rows must sum to 1 \(tolerance 0.001\); row 0 is off by 0.1; "
+            "pass from_logits=True for logits$",
+        ),
+        (
+            _with(_with(PROBS, 0, 0, -0.25), 0, 1, 0.75),
+            LABELS,
+            3,
+            {},
+            r"^predictions contain negative probabilities \(min -0.25\); "
+            "pass from_logits=True for logits$",
+        ),
         (PROBS[:0], LABELS[:0], 3, {}, r"empty \(n = 0\)"),
         (PROBS, LABELS, 0, {}, "num_target_classes must be >= 1"),
         (PROBS, LABELS, 2.0, {}, "num_target_classes must be a Python int"),
         (PROBS, LABELS, 3, {"mask": np.ones(5, bool)}, "mask must have shape"),
         (PROBS, LABELS, 3, {"mask": np.ones(6, np.int32)}, "mask must be boolean"),
-        (PROBS, LABELS, 3, {"mask": np.zeros(6, bool)}, "mask excludes every example"),
+        (
+            PROBS,
+            LABELS,
+            3,
+            {"mask": np.zeros(6, bool)},
+            "^mask excludes every example; a score needs at least one$",
+        ),
         (PROBS.astype(np.int32), LABELS, 3, {}, "must be floating point"),
     ],
 )
@@ -58,6 +78,18 @@ def test_bad_input_raises_value_error_naming_the_problem(
 ):
     with pytest.raises(ValueError, match=message):
         score(values, labels, classes, **kwargs)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_one_hot_rows_with_a_row_off_name_the_row_sum(score):
+    # Exact zeros are valid probabilities: the row sum is what is wrong.
+    one_hot = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]
+    with pytest.raises(ValueError, match=r"^predictions rows must sum to 1 .* row 3 is off by 1;"):
+        score(_with(one_hot, 3, 0, 1.0), LABELS, 3)
+    # bfloat16 rows: the tolerance is its epsilon.
+    bf16 = jnp.asarray(_with(one_hot, 3, 0, 1.0), jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"rows must sum to 1 \(tolerance 0.00781\)"):
+        score(bf16, LABELS, 3)
 
 
 def test_h_score_bad_input():
