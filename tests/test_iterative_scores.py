@@ -587,6 +587,19 @@ def test_nleep_cholesky_retries_with_more_jitter_where_rounding_breaks_it():
     np.testing.assert_array_equal(nleep_module._regularized_cholesky(good, jitter), want)
 
 
+@pytest.mark.parametrize("depth", [5e5, 5e6])
+def test_nleep_cholesky_jitter_grows_tenfold_up_to_a_million_times(depth):
+    # diag(1, -depth) with jitter 1 factors once the jitter is scaled past depth: at
+    # 10**6 for 5e5; 5e6 would need a seventh retry, and the factor stays NaN.
+    covariance = jnp.diag(jnp.array([1.0, -depth], jnp.float32))
+    lower = nleep_module._regularized_cholesky(covariance, jnp.ones(2, jnp.float32))
+    assert nleep_module.JITTER_RETRIES == 6
+    if depth < 1e6:
+        np.testing.assert_allclose(lower[1, 1] ** 2, 1e6 - depth, rtol=1e-6)
+    else:
+        assert np.all(np.isnan(lower[1]))
+
+
 def test_nleep_of_classes_on_lines_is_finite_and_matches_float64_em():
     # Each class on a line, far apart: EM squeezes components onto the lines, where
     # float32 Cholesky factors failed (NaN) before the jitter retries.
