@@ -28,7 +28,7 @@ def _with(array, row, col, value):
     "values,labels,classes,kwargs,message",
     [
         (PROBS[:5], LABELS, 3, {}, "length mismatch"),
-        (PROBS[:, 0], LABELS, 3, {}, "must be 2-D"),
+        (PROBS[:, 0], LABELS, 3, {}, r"^predictions must be 2-D \[n, k\], got shape \(6,\)$"),
         (PROBS[None], LABELS, 3, {}, "must be 2-D"),
         (PROBS, LABELS.astype(np.float32), 3, {}, "labels must be integers"),
         (PROBS, LABELS[:, None], 3, {}, "labels must be 1-D"),
