@@ -555,6 +555,28 @@ def test_nleep_m_step_matches_scikit_learn_with_an_empty_component():
     np.testing.assert_allclose(precision_cholesky, want, rtol=1e-6)
 
 
+def test_nleep_m_step_keeps_the_padding_columns_at_exactly_reg_covar():
+    # Traced calls run EM on all columns, those past num_kept zero. Their variance must
+    # be REG_COVAR alone in every component (no jitter), so that they add the same
+    # constant to every component's log-density; the real block is that of the kept
+    # columns alone (up to the jitter, which scales with the width).
+    rng = np.random.default_rng(4)
+    kept = rng.normal(size=(12, 2)).astype(np.float32)
+    x = jnp.asarray(np.concatenate([kept, np.zeros((12, 2), np.float32)], axis=1))
+    resp = jnp.asarray(rng.dirichlet(np.ones(3), size=12), jnp.float32)
+    m_step = jax.jit(nleep_module._m_step)
+    _, means, precision_cholesky = m_step(x, jnp.ones(12), resp, jnp.int32(2))
+    _, kept_means, kept_cholesky = m_step(jnp.asarray(kept), jnp.ones(12), resp, jnp.int32(2))
+    np.testing.assert_allclose(means[:, :2], kept_means, rtol=1e-6)
+    np.testing.assert_array_equal(means[:, 2:], 0)
+    np.testing.assert_allclose(precision_cholesky[:, :2, :2], kept_cholesky, rtol=1e-5)
+    np.testing.assert_array_equal(precision_cholesky[:, :2, 2:], 0)
+    np.testing.assert_array_equal(precision_cholesky[:, 2:, :2], 0)
+    padding = 1 / np.sqrt(np.float32(nleep_module.REG_COVAR))
+    for block in precision_cholesky[:, 2:, 2:]:
+        np.testing.assert_allclose(block, padding * np.eye(2), rtol=1e-6)
+
+
 def test_nleep_mixture_without_num_kept_has_no_padding_columns():
     features, _ = mixture_data(0, n=60)
     x = jnp.asarray(features[:, :3])
