@@ -327,3 +327,17 @@ def test_logme_is_invariant_to_the_feature_scale_below_unit_variance(seed):
         for scale in (1e-3, 1e-6):
             got = float(leep_jax.logme(features * scale, labels, 3))
             assert got == pytest.approx(want, rel=1e-4), scale
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float64_logme_stops_where_the_reference_fixed_point_stops(seed):
+    """The fixed point stops once alpha / beta moves by at most 1e-5 of itself. In float64
+    it agrees with the reference's iterates to rounding, so the evidence matches to 1e-13;
+    50 iterations every time (a stop rule that never fires) move it by about 1e-12."""
+    rng = np.random.default_rng(seed)
+    labels = (np.arange(40) % 3).astype(np.int32)
+    features = rng.normal(size=(40, 6)) + 0.7 * np.eye(3, 6)[labels]
+    want = reference_features.logme(features, labels, 3)
+    with jax.enable_x64(True):
+        got = float(leep_jax.logme(features, labels, 3))
+    assert got == pytest.approx(want, rel=1e-13, abs=0)
