@@ -355,3 +355,18 @@ def test_float64_logme_stops_at_the_reference_iteration_cap(seed):
     with jax.enable_x64(True):
         got = float(leep_jax.logme(features, labels, 3))
     assert got == pytest.approx(want, rel=1e-12, abs=0)
+
+
+def test_logme_is_finite_when_a_class_sums_to_zero_far_from_the_mean():
+    """Class 0's rows sum to zero (F^T y = 0 for its column: m = 0, alpha -> infinity),
+    the other classes sit at 100: the |m|^2 floor (relative to the uncentred trace,
+    ``tr C + n |mean|^2``) keeps that column finite, and float32 agrees with float64."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(10, 4))
+    features = np.concatenate([rows, -rows, rng.normal(size=(40, 4)) + 100])
+    labels = np.repeat(np.arange(3), 20).astype(np.int32)
+    got = float(leep_jax.logme(features.astype(np.float32), labels, 3))
+    with jax.enable_x64(True):
+        want = float(leep_jax.logme(features, labels, 3))
+    assert np.isfinite(want)
+    assert got == pytest.approx(want, rel=1e-4)
