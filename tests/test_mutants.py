@@ -370,3 +370,15 @@ def test_logme_is_finite_when_a_class_sums_to_zero_far_from_the_mean():
         want = float(leep_jax.logme(features, labels, 3))
     assert np.isfinite(want)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_transrate_vmaps_over_masks_beside_concrete_labels():
+    """Concrete labels with a batched (traced) mask take the traced path: the eager
+    path's host code (class blocks from the labels and the mask) cannot read a traced
+    mask. (Under ``jit`` the labels are traced too; under ``vmap`` they stay concrete.)"""
+    features, labels = _features(40, 3)
+    masks = np.stack([np.arange(40) % 5 != 0, np.arange(40) < 30])
+    got = jax.vmap(lambda m: leep_jax.transrate(features, labels, Y, mask=m))(masks)
+    for mask, score in zip(masks, got):
+        want = leep_jax.transrate(features, labels, Y, mask=mask)
+        np.testing.assert_allclose(score, want, rtol=1e-5)
