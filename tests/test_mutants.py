@@ -379,6 +379,6 @@ def test_transrate_vmaps_over_masks_beside_concrete_labels():
     features, labels = _features(40, 3)
     masks = np.stack([np.arange(40) % 5 != 0, np.arange(40) < 30])
     got = jax.vmap(lambda m: leep_jax.transrate(features, labels, Y, mask=m))(masks)
-    for mask, score in zip(masks, got):
+    for mask, score in zip(masks, got, strict=True):
         want = leep_jax.transrate(features, labels, Y, mask=mask)
         np.testing.assert_allclose(score, want, rtol=1e-5)
