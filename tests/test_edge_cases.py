@@ -74,6 +74,26 @@ SCORES = {
 }
 
 
+def test_scores_accumulate_in_float32_unless_the_input_is_wider():
+    """Under x64 too: float32 and narrower inputs give float32, float64 gives float64
+    (NCE, a function of counts, is float32 always). A float64 default would double the
+    memory of every float32 call."""
+    rng = np.random.default_rng(2)
+    labels = np.arange(24, dtype=np.int32) % Y
+    # Dyadic rows sum to 1 exactly in every dtype.
+    probs = np.array([[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25]])[labels % 2]
+    features = rng.normal(size=(24, 5)) + labels[:, None]
+    calls = {name: SCORES[name] for name in SCORES if name not in ("leep_logits", "sharded_scores")}
+    calls["logme_regression"] = lambda p, lg, f, y: leep_jax.logme_regression(f, f[:, :2])
+    with jax.enable_x64(True):
+        for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64):
+            want = jnp.float64 if dtype == jnp.float64 else jnp.float32
+            p, f = jnp.asarray(probs, dtype), jnp.asarray(features, dtype)
+            for name, call in calls.items():
+                got = call(p, None, f, labels).dtype
+                assert got == (jnp.float32 if name == "nce" else want), (name, dtype)
+
+
 @pytest.mark.parametrize("bad", [Y, -1])
 @pytest.mark.parametrize("as_jax", [False, True], ids=["numpy", "jax"])
 @pytest.mark.parametrize("score", sorted(SCORES))

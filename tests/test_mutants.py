@@ -270,47 +270,6 @@ def test_gbc_is_exact_for_features_far_from_zero(gaussian_type):
     np.testing.assert_allclose(acc.compute(state), want, rtol=1e-3)
 
 
-def _score_calls(labels):
-    key = jax.random.key(0)
-    by_predictions = {
-        "leep": lambda p: leep_jax.leep(p, labels, Y),
-        "joint_distribution": lambda p: leep_jax.joint_distribution(p, labels, Y),
-        "nce": lambda p: leep_jax.nce(p, labels, Y),
-    }
-    by_features = {
-        "h_score": lambda f: leep_jax.h_score(f, labels, Y),
-        "regularized_h_score": lambda f: leep_jax.regularized_h_score(f, labels, Y),
-        "logme": lambda f: leep_jax.logme(f, labels, Y),
-        "logme_regression": lambda f: leep_jax.logme_regression(f, f[:, :2]),
-        "transrate": lambda f: leep_jax.transrate(f, labels, Y),
-        "gbc": lambda f: leep_jax.gbc(f, labels, Y),
-        "sfda": lambda f: leep_jax.sfda(f, labels, Y),
-        "parc": lambda f: leep_jax.parc(f, labels, Y),
-        "nleep": lambda f: leep_jax.nleep(f, labels, Y, key=key),
-    }
-    return by_predictions, by_features
-
-
-def test_scores_accumulate_in_float32_unless_the_input_is_wider():
-    """Under x64 too: float32 and narrower inputs give float32, float64 gives float64
-    (NCE, a function of counts, is float32 always). A float64 default would double the
-    memory of every float32 call."""
-    rng = np.random.default_rng(2)
-    labels = np.arange(24, dtype=np.int32) % Y
-    # Dyadic rows sum to 1 exactly in every dtype.
-    probs = np.array([[0.5, 0.25, 0.125, 0.125], [0.25, 0.25, 0.25, 0.25]])[labels % 2]
-    features = rng.normal(size=(24, D)) + labels[:, None]
-    by_predictions, by_features = _score_calls(labels)
-    with jax.enable_x64(True):
-        for dtype in (jnp.bfloat16, jnp.float16, jnp.float32, jnp.float64):
-            want = jnp.float64 if dtype == jnp.float64 else jnp.float32
-            for name, call in by_predictions.items():
-                got = call(jnp.asarray(probs, dtype)).dtype
-                assert got == (jnp.float32 if name == "nce" else want), (name, dtype)
-            for name, call in by_features.items():
-                assert call(jnp.asarray(features, dtype)).dtype == want, (name, dtype)
-
-
 @pytest.mark.parametrize("seed", [2, 5])
 def test_logme_is_invariant_to_the_feature_scale_below_unit_variance(seed):
     """The maximum evidence is invariant to ``F -> s F`` (alpha absorbs ``s**2``), so its
