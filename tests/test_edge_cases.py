@@ -108,6 +108,18 @@ def test_labels_just_outside_the_range_are_refused(score, as_jax, bad):
         SCORES[score](probs, logits, features, labels)
 
 
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_host_labels_that_int32_would_wrap_are_refused_with_a_mask_too(score):
+    # 2**40 casts to 0 in int32, so only the host check, before the cast, can see it.
+    logits, probs, labels, features = _problem()
+    labels = labels.astype(np.int64)
+    labels[17] = 2**40
+    message = rf"^labels must lie in \[0, num_target_classes={Y}\), found {2**40}$"
+    for kwargs in ({}, {"mask": np.arange(len(labels)) != 5}):
+        with pytest.raises(ValueError, match=message):
+            SCORES[score](probs, logits, features, labels, **kwargs)
+
+
 # 2**40 only on the host: jax.Array labels are int32 here.
 @pytest.mark.parametrize(
     "as_jax, bad", [(False, Y), (False, -1), (False, 2**40), (True, Y), (True, -1)]
@@ -142,8 +154,18 @@ def test_score_model_and_score_zoo_refuse_labels_just_outside_the_range(as_jax, 
     message = rf"labels must lie in \[0, num_target_classes={Y}\), found {bad}"
     with pytest.raises(ValueError, match=message):
         leep_jax.score_model(model, [(images[:10], labels[:10]), (images[10:], labels[10:])], Y)
-    with pytest.raises(ValueError, match=message):
-        score_zoo({"m": model}, images, labels, Y, batch_size=8)
+    forward_passes = []
+
+    class Counted(SmallCNN):
+        def features(self, x):
+            forward_passes.append(x.shape)
+            return super().features(x)
+
+    # A zoo refuses its labels on the host before any model runs, not after the sweep.
+    counted = Counted(5, width=4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=message + "$"):
+        score_zoo({"m": counted}, images, labels, Y, batch_size=8)
+    assert not forward_passes
 
 
 def test_log_eep_merge_is_the_sum_over_the_concatenated_data():

@@ -27,20 +27,32 @@ def _with(array, row, col, value):
 @pytest.mark.parametrize(
     "values,labels,classes,kwargs,message",
     [
-        (PROBS[:5], LABELS, 3, {}, "length mismatch"),
+        (PROBS[:5], LABELS, 3, {}, "^length mismatch: predictions has 5 rows but labels has 6$"),
         (PROBS[:, 0], LABELS, 3, {}, r"^predictions must be 2-D \[n, k\], got shape \(6,\)$"),
-        (PROBS[None], LABELS, 3, {}, "must be 2-D"),
-        (PROBS, LABELS.astype(np.float32), 3, {}, "labels must be integers"),
-        (PROBS, LABELS[:, None], 3, {}, "labels must be 1-D"),
+        (PROBS[None], LABELS, 3, {}, r"^predictions must be 2-D \[n, k\], got shape \(1, 6, 4\)$"),
+        (PROBS, LABELS.astype(np.float16), 3, {}, "^labels must be integers, got dtype float16$"),
+        (PROBS, LABELS[:, None], 3, {}, r"^labels must be 1-D \[n\], got shape \(6, 1\)$"),
         (
             PROBS,
             np.array([0, 1, 2, 3, 1, 2]),
             3,
             {},
-            r"labels must lie in \[0, num_target_classes=3\)",
+            r"^labels must lie in \[0, num_target_classes=3\), found 3$",
         ),
-        (PROBS, np.array([0, -1, 2, 0, 1, 2]), 3, {}, "labels must lie in"),
-        (_with(PROBS, 2, 1, np.nan), LABELS, 3, {}, "NaN or Inf"),
+        (
+            PROBS,
+            np.array([0, -1, 2, 0, 1, 2]),
+            3,
+            {},
+            r"^labels must lie in \[0, num_target_classes=3\), found -1$",
+        ),
+        (
+            _with(PROBS, 2, 1, np.nan),
+            LABELS,
+            3,
+            {},
+            r"^predictions contain NaN or Inf \(first in row 2\)$",
+        ),
         (_with(PROBS, 2, 1, np.inf), LABELS, 3, {"from_logits": True}, "NaN or Inf"),
         (
             PROBS * 1.1,
@@ -58,11 +70,30 @@ def _with(array, row, col, value):
             r"^predictions contain negative probabilities \(min -0.25\); "
             "pass from_logits=True for logits$",
         ),
-        (PROBS[:0], LABELS[:0], 3, {}, r"empty \(n = 0\)"),
-        (PROBS, LABELS, 0, {}, "num_target_classes must be >= 1"),
-        (PROBS, LABELS, 2.0, {}, "num_target_classes must be a Python int"),
-        (PROBS, LABELS, 3, {"mask": np.ones(5, bool)}, "mask must have shape"),
-        (PROBS, LABELS, 3, {"mask": np.ones(6, np.int32)}, "mask must be boolean"),
+        (
+            PROBS[:0],
+            LABELS[:0],
+            3,
+            {},
+            r"^predictions is empty \(n = 0\); a score needs at least one example$",
+        ),
+        (PROBS[:, :0], LABELS, 3, {}, r"^predictions has no columns \(shape \(6, 0\)\)$"),
+        (PROBS, LABELS, 0, {}, "^num_target_classes must be >= 1, got 0$"),
+        (PROBS, LABELS, 2.0, {}, "^num_target_classes must be a Python int, got float$"),
+        (
+            PROBS,
+            LABELS,
+            3,
+            {"mask": np.ones(5, bool)},
+            r"^mask must have shape \(6,\), got \(5,\)$",
+        ),
+        (
+            PROBS,
+            LABELS,
+            3,
+            {"mask": np.ones(6, np.int32)},
+            "^mask must be boolean, got dtype int32$",
+        ),
         (
             PROBS,
             LABELS,
@@ -70,7 +101,13 @@ def _with(array, row, col, value):
             {"mask": np.zeros(6, bool)},
             "^mask excludes every example; a score needs at least one$",
         ),
-        (PROBS.astype(np.int32), LABELS, 3, {}, "must be floating point"),
+        (
+            PROBS.astype(np.int32),
+            LABELS,
+            3,
+            {},
+            "^predictions must be floating point, got dtype int32$",
+        ),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_problem(
@@ -126,3 +163,11 @@ def test_under_tracing_out_of_range_labels_are_dropped_like_masked_rows():
         leep_jax.nce(probs, labels, 3, mask=jnp.asarray(in_range), validate_inputs=False),
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize("score", [leep_jax.leep, leep_jax.nce])
+def test_one_target_class_and_one_source_class_are_valid(score):
+    # One target class: P(y | x) = 1 in every row, so both scores are 0.
+    np.testing.assert_allclose(score(PROBS, np.zeros(6, np.int32), 1), 0, atol=1e-6)
+    # One source class: both are minus the entropy of the labels, log(1/3) here.
+    np.testing.assert_allclose(score(np.ones((6, 1), np.float32), LABELS, 3), np.log(1 / 3), 1e-6)
