@@ -17,6 +17,7 @@ from flax import nnx
 import leep_jax
 from leep_jax import streaming
 from leep_jax.models import SmallCNN, score_zoo
+from leep_jax.scores import validation
 
 Y, Z = 3, 4
 
@@ -118,6 +119,26 @@ def test_host_labels_that_int32_would_wrap_are_refused_with_a_mask_too(score):
     for kwargs in ({}, {"mask": np.arange(len(labels)) != 5}):
         with pytest.raises(ValueError, match=message):
             SCORES[score](probs, logits, features, labels, **kwargs)
+
+
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_valid_input_never_reaches_the_detailed_checks(score, monkeypatch):
+    # The detailed stage is a second program over the data: the fast flags alone must
+    # clear valid input, masked rows holding NaN and labels out of range included.
+    detailed = []
+    monkeypatch.setattr(
+        validation, "_check_values_in_detail", lambda name, *args, **kw: detailed.append(name)
+    )
+    logits, probs, labels, features = _problem()
+    mask = np.arange(len(labels)) % 7 != 3
+    SCORES[score](probs, logits, features, labels)
+    SCORES[score](probs, logits, features, labels, mask=mask)
+    masked = lambda x: np.where(mask[:, None], x, np.nan).astype(x.dtype)  # noqa: E731
+    bad_labels = jnp.asarray(np.where(mask, labels, 99))
+    SCORES[score](masked(probs), masked(logits), masked(features), bad_labels, mask=mask)
+    assert not detailed
+    SCORES[score](masked(probs), masked(logits), masked(features), labels)
+    assert detailed  # the spy sits where a raised flag leads
 
 
 # 2**40 only on the host: jax.Array labels are int32 here.
