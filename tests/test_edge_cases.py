@@ -136,6 +136,11 @@ def test_valid_input_never_reaches_the_detailed_checks(score, monkeypatch):
     masked = lambda x: np.where(mask[:, None], x, np.nan).astype(x.dtype)  # noqa: E731
     bad_labels = jnp.asarray(np.where(mask, labels, 99))
     SCORES[score](masked(probs), masked(logits), masked(features), bad_labels, mask=mask)
+    one_row = np.arange(len(labels)) == 0
+    SCORES[score](probs, logits, features, labels, mask=one_row)
+    # bfloat16 rows off by exactly their tolerance, 2**-7 (the fast stage sums in float32).
+    edge = jnp.asarray(np.tile([[0.5078125, 0.25, 0.125, 0.125]], (len(labels), 1)), jnp.bfloat16)
+    SCORES[score](edge, edge, features, labels)
     assert not detailed
     SCORES[score](masked(probs), masked(logits), masked(features), labels)
     assert detailed  # the spy sits where a raised flag leads
