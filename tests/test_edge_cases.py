@@ -146,6 +146,35 @@ def test_valid_input_never_reaches_the_detailed_checks(score, monkeypatch):
     assert detailed  # the spy sits where a raised flag leads
 
 
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_unchecked_or_traced_calls_drop_out_of_range_labels_like_masked_rows(score):
+    # The value checks need every input concrete: one traced input (values, labels or
+    # mask alone under jit) or validate_inputs=False skips them, host label check too.
+    logits, probs, labels, features = _problem()
+    bad = labels.copy()
+    bad[[4, 17]] = [Y, -1]
+    mask = np.arange(len(labels)) != 9
+    want = SCORES[score](probs, logits, features, labels, mask=mask & (bad >= 0) & (bad < Y))
+    calls = {
+        "unchecked": lambda: SCORES[score](
+            probs, logits, features, bad, mask=mask, validate_inputs=False
+        ),
+        "values": lambda: jax.jit(lambda p, lg, f: SCORES[score](p, lg, f, bad, mask=mask))(
+            probs, logits, features
+        ),
+        "labels": lambda: jax.jit(lambda y: SCORES[score](probs, logits, features, y, mask=mask))(
+            bad
+        ),
+        "mask": lambda: jax.jit(lambda m: SCORES[score](probs, logits, features, bad, mask=m))(
+            mask
+        ),
+    }
+    for traced, call in calls.items():
+        np.testing.assert_allclose(
+            jax.tree.leaves(call()), jax.tree.leaves(want), rtol=2e-5, err_msg=traced
+        )
+
+
 # 2**40 only on the host: jax.Array labels are int32 here.
 @pytest.mark.parametrize(
     "as_jax, bad", [(False, Y), (False, -1), (False, 2**40), (True, Y), (True, -1)]
