@@ -175,6 +175,17 @@ def test_unchecked_or_traced_calls_drop_out_of_range_labels_like_masked_rows(sco
         )
 
 
+@pytest.mark.parametrize(
+    "score", sorted(set(SCORES) - {"leep", "leep_logits", "nce", "joint_distribution"})
+)
+def test_non_finite_features_are_named_with_their_first_row(score):
+    logits, probs, labels, features = _problem()
+    features = features.copy()
+    features[7, 2], features[30, 0] = np.inf, np.nan
+    with pytest.raises(ValueError, match=r"^features contain NaN or Inf \(first in row 7\)$"):
+        SCORES[score](probs, logits, features, labels)
+
+
 # 2**40 only on the host: jax.Array labels are int32 here.
 @pytest.mark.parametrize(
     "as_jax, bad", [(False, Y), (False, -1), (False, 2**40), (True, Y), (True, -1)]
