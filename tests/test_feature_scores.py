@@ -282,12 +282,13 @@ def test_invariant_to_feature_maps(name, transform):
     np.testing.assert_allclose(got, base, rtol=1e-9)
 
 
-def test_coding_rates_fall_back_to_eigenvalues_when_cholesky_fails():
-    """A Gram that float32 rounding made indefinite: Cholesky fails (NaN), so the rates
-    come from eigenvalues clipped at 0, for every matrix in the batch."""
+def test_coding_rates_fall_back_to_eigenvalues_when_a_sign_is_negative():
+    """A Gram that float32 rounding made indefinite: its eigenvalue -3e-4 makes
+    ``I + G / (n eps)`` -2 there, a finite log |det| (log 2 too many) with sign -1, so
+    the rates of every matrix in the batch come from eigenvalues clipped at 0."""
     from leep_jax.scores.transrate import coding_rates
 
-    grams = jnp.stack([jnp.diag(jnp.array([1.0, -2e-4])), jnp.diag(jnp.array([1.0, 2.0]))])
+    grams = jnp.stack([jnp.diag(jnp.array([1.0, -3e-4])), jnp.diag(jnp.array([1.0, 2.0]))])
     rates = coding_rates(grams, jnp.array([1.0, 2.0]), 1e-4)
     expected = [0.5 * np.log1p(1e4), 0.5 * (np.log1p(1 / 2e-4) + np.log1p(2 / 2e-4))]
     np.testing.assert_allclose(np.asarray(rates), expected, rtol=1e-6)
