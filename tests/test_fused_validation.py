@@ -141,6 +141,9 @@ def test_check_values_and_validate_keep_their_contract():
     validation.check_values(
         "predictions", nan_row, LABELS, Y, jnp.asarray(mask), probabilities=True
     )
+    # Nor is a masked-out label out of range, NumPy labels (checked on the host) included.
+    bad_label = np.where(mask, LABELS, 99)
+    validation.check_values("predictions", PROBS, bad_label, Y, mask, probabilities=True)
     with pytest.raises(ValueError, match="rows must sum to 1"):
         validation.check_values("predictions", PROBS * 2, LABELS, Y, None, probabilities=True)
     values, labels, mask, classes = validation.validate(
