@@ -3,7 +3,8 @@ clu metric classes, one factory each.
 
 Each factory binds the static class counts and the model-output names and returns a
 ``clu.metrics.Metric`` subclass built by :func:`~leep_jax.metrics.from_accumulator`
-over the streaming accumulator of the same name.
+over the streaming accumulator of the same name. The four feature scores that take a
+fixed ``shift`` share one signature and one builder, :func:`_feature_metric`.
 
 Exact LEEP needs two passes over the data (README, "Streaming"): the conditional
 ``P(y|z)`` depends on all the data and sits inside the log, so no fixed-size state
@@ -167,21 +168,38 @@ def h_score(
     )
 
 
-def logme(
-    num_target_classes: int,
-    feature_dim: int,
-    *,
-    shift: jax.typing.ArrayLike | None = None,
-    features: str = "features",
-    labels: str = "labels",
-    mask: str | None = "mask",
-) -> type[AccumulatorMetric]:
-    """LogME (You et al., ICML 2021), single-pass, over :func:`leep_jax.streaming.logme`.
+def _feature_metric(accumulator, name: str, summary: str):
+    """A metric factory over a one-pass feature accumulator that takes a fixed ``shift``.
 
-    Its state is sums of ``features - shift`` (exact for any shift; states merge by plain
-    sums, so every batch must use the same one). Pass a rough feature mean (e.g. of a
-    first batch) as ``shift`` when features sit far from zero, to keep float32 sums
-    accurate.
+    Args:
+      accumulator: the streaming factory, ``accumulator(Y, D, shift=...)``.
+      name: the metric class's name.
+      summary: the first paragraph of the factory's docstring.
+    """
+
+    def factory(
+        num_target_classes: int,
+        feature_dim: int,
+        *,
+        shift: jax.typing.ArrayLike | None = None,
+        features: str = "features",
+        labels: str = "labels",
+        mask: str | None = "mask",
+    ) -> type[AccumulatorMetric]:
+        return from_accumulator(
+            accumulator(num_target_classes, feature_dim, shift=shift),
+            (features, labels),
+            mask=mask,
+            name=name,
+        )
+
+    factory.__name__ = factory.__qualname__ = accumulator.__name__
+    factory.__doc__ = f"""{summary}
+
+    Over :func:`leep_jax.streaming.{accumulator.__name__}`. Its state is sums of
+    ``features - shift`` (exact for any shift; states merge by plain sums, so every batch
+    must use the same one). Pass a rough feature mean (e.g. of a first batch) as ``shift``
+    when features sit far from zero, to keep float32 sums accurate.
 
     Args:
       num_target_classes: static ``Y``.
@@ -191,105 +209,18 @@ def logme(
       labels: name of the ``int[n]`` target labels output.
       mask: name of the optional ``[n]`` mask output, or None.
     """
-    return from_accumulator(
-        streaming.logme(num_target_classes, feature_dim, shift=shift),
-        (features, labels),
-        mask=mask,
-        name="LogME",
-    )
+    return factory
 
 
-def regularized_h_score(
-    num_target_classes: int,
-    feature_dim: int,
-    *,
-    shift: jax.typing.ArrayLike | None = None,
-    features: str = "features",
-    labels: str = "labels",
-    mask: str | None = "mask",
-) -> type[AccumulatorMetric]:
-    """H-score with Ledoit-Wolf shrinkage (Ibrahim et al., NeurIPS 2021), single-pass.
-
-    Over :func:`leep_jax.streaming.regularized_h_score`. Its state is sums of ``features - shift``
-    (exact for any shift; states merge by plain sums, so every batch must use the same
-    one). Pass a rough feature mean (e.g. of a first batch) as ``shift`` when features sit
-    far from zero, to keep float32 sums accurate.
-
-    Args:
-      num_target_classes: static ``Y``.
-      feature_dim: static ``D``.
-      shift: optional fixed ``[D]`` shift of every batch's features.
-      features: name of the ``[n, D]`` penultimate-features output.
-      labels: name of the ``int[n]`` target labels output.
-      mask: name of the optional ``[n]`` mask output, or None.
-    """
-    return from_accumulator(
-        streaming.regularized_h_score(num_target_classes, feature_dim, shift=shift),
-        (features, labels),
-        mask=mask,
-        name="RegularizedHScore",
-    )
-
-
-def transrate(
-    num_target_classes: int,
-    feature_dim: int,
-    *,
-    shift: jax.typing.ArrayLike | None = None,
-    features: str = "features",
-    labels: str = "labels",
-    mask: str | None = "mask",
-) -> type[AccumulatorMetric]:
-    """TransRate (Huang et al., ICML 2022), single-pass, over :func:`leep_jax.streaming.transrate`.
-
-    Its state is sums of ``features - shift`` (exact for any shift; states merge by plain
-    sums, so every batch must use the same one). Pass a rough feature mean (e.g. of a
-    first batch) as ``shift`` when features sit far from zero, to keep float32 sums
-    accurate.
-
-    Args:
-      num_target_classes: static ``Y``.
-      feature_dim: static ``D``.
-      shift: optional fixed ``[D]`` shift of every batch's features.
-      features: name of the ``[n, D]`` penultimate-features output.
-      labels: name of the ``int[n]`` target labels output.
-      mask: name of the optional ``[n]`` mask output, or None.
-    """
-    return from_accumulator(
-        streaming.transrate(num_target_classes, feature_dim, shift=shift),
-        (features, labels),
-        mask=mask,
-        name="TransRate",
-    )
-
-
-def gbc(
-    num_target_classes: int,
-    feature_dim: int,
-    *,
-    shift: jax.typing.ArrayLike | None = None,
-    features: str = "features",
-    labels: str = "labels",
-    mask: str | None = "mask",
-) -> type[AccumulatorMetric]:
-    """GBC, spherical Gaussians (Pandy et al., CVPR 2022), single-pass.
-
-    Over :func:`leep_jax.streaming.gbc`. Its state is sums of ``features - shift``
-    (exact for any shift; states merge by plain sums, so every batch must use the same
-    one). Pass a rough feature mean (e.g. of a first batch) as ``shift`` when features sit
-    far from zero, to keep float32 sums accurate.
-
-    Args:
-      num_target_classes: static ``Y``.
-      feature_dim: static ``D``.
-      shift: optional fixed ``[D]`` shift of every batch's features.
-      features: name of the ``[n, D]`` penultimate-features output.
-      labels: name of the ``int[n]`` target labels output.
-      mask: name of the optional ``[n]`` mask output, or None.
-    """
-    return from_accumulator(
-        streaming.gbc(num_target_classes, feature_dim, shift=shift),
-        (features, labels),
-        mask=mask,
-        name="GBC",
-    )
+logme = _feature_metric(streaming.logme, "LogME", "LogME (You et al., ICML 2021), single-pass.")
+regularized_h_score = _feature_metric(
+    streaming.regularized_h_score,
+    "RegularizedHScore",
+    "H-score with Ledoit-Wolf shrinkage (Ibrahim et al., NeurIPS 2021), single-pass.",
+)
+transrate = _feature_metric(
+    streaming.transrate, "TransRate", "TransRate (Huang et al., ICML 2022), single-pass."
+)
+gbc = _feature_metric(
+    streaming.gbc, "GBC", "GBC, spherical Gaussians (Pandy et al., CVPR 2022), single-pass."
+)
