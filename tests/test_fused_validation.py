@@ -116,11 +116,9 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     np.testing.assert_allclose(got, want, rtol=1e-5)
     # The standalone check too: finite values pass however large their sums.
     features = np.full((6, 3), 2e38, np.float32)
-    validation.check_values("features", features, labels, 2, None, probabilities=False)
+    validation.validate_features(features, labels, 2, None, check=True)
     with pytest.raises(ValueError, match=r"first in row 5"):
-        validation.check_values(
-            "features", _with(features, 5, 0, np.inf), labels, 2, None, probabilities=False
-        )
+        validation.validate_features(_with(features, 5, 0, np.inf), labels, 2, None, check=True)
     # And a feature score (column sums overflow): no error, the probability checks never
     # apply to features. (H-score itself is NaN here: float32 cannot hold the covariance.)
     leep_jax.h_score(features, labels, 2)
@@ -130,30 +128,27 @@ def test_overflowing_row_sums_are_a_false_alarm_cleared_by_the_detailed_checks()
     sharded_scores(probs, labels, 2, features=features, metrics=("h_score",))
 
 
-def test_check_values_and_validate_keep_their_contract():
-    validation.check_values("predictions", PROBS, LABELS, Y, None, probabilities=True)
+def test_validate_keeps_its_contract():
+    def check(values, labels, mask=None):
+        validation.validate("predictions", values, labels, Y, mask, probabilities=True, check=True)
+
+    check(PROBS, LABELS)
     nan_row = _with(PROBS, 8, 0, np.nan)
     with pytest.raises(ValueError, match=r"^predictions contain NaN or Inf \(first in row 8\)$"):
-        validation.check_values("predictions", nan_row, LABELS, Y, None, probabilities=True)
+        check(nan_row, LABELS)
     # A masked-out bad row is not checked (NumPy and JAX masks alike).
     mask = np.arange(len(LABELS)) != 8
-    validation.check_values("predictions", nan_row, LABELS, Y, mask, probabilities=True)
-    validation.check_values(
-        "predictions", nan_row, LABELS, Y, jnp.asarray(mask), probabilities=True
-    )
+    check(nan_row, LABELS, mask)
+    check(nan_row, LABELS, jnp.asarray(mask))
     # Nor is a masked-out label out of range, NumPy labels (checked on the host) included.
     bad_label = np.where(mask, LABELS, 99)
-    validation.check_values("predictions", PROBS, bad_label, Y, mask, probabilities=True)
+    check(PROBS, bad_label, mask)
     with pytest.raises(ValueError, match="rows must sum to 1"):
-        validation.check_values("predictions", PROBS * 2, LABELS, Y, None, probabilities=True)
+        check(PROBS * 2, LABELS)
     values, labels, mask, classes = validation.validate(
         "predictions", PROBS, LABELS, Y, None, probabilities=True, check=True
     )
     assert isinstance(values, jax.Array) and mask is None and classes == Y
-    with pytest.raises(ValueError, match="rows must sum to 1"):
-        validation.validate(
-            "predictions", PROBS * 2, LABELS, Y, None, probabilities=True, check=True
-        )
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

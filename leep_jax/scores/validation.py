@@ -9,7 +9,7 @@ Value checks are two-stage. The fast stage reduces the inputs to a few flags
 (:func:`row_checks` per row, :func:`reduce_checks` over rows), either inside the score's
 own jitted program (LEEP and H-score: no extra read of the inputs; NCE: its row sums and
 minima beside the argmax, one more read on XLA:CPU) or in one fused sweep of its own
-(:func:`check_values`). Only when a flag says something may be wrong does the detailed
+(:func:`validate`). Only when a flag says something may be wrong does the detailed
 stage (:func:`_value_stats`) run to find the first bad row and raise; a flag can be a
 false alarm (a row sum overflowing float32), which the detailed stage clears.
 """
@@ -52,7 +52,7 @@ def check_num_classes(num_target_classes) -> int:
 
 
 def check_label_range(
-    labels: np.ndarray, num_target_classes: int, mask: ArrayLike | None = None, *, prefix: str = ""
+    labels: np.ndarray, num_target_classes: int, mask: ArrayLike | None = None
 ) -> None:
     """Raises ValueError for counted host labels outside ``[0, num_target_classes)``.
 
@@ -64,7 +64,7 @@ def check_label_range(
     if labels.size and (labels.min() < 0 or labels.max() >= num_target_classes):
         bad = labels.min() if labels.min() < 0 else labels.max()
         raise ValueError(
-            f"{prefix}labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
+            f"labels must lie in [0, num_target_classes={num_target_classes}), found {bad}"
         )
 
 
@@ -124,7 +124,7 @@ def reduce_checks(
     """A few scalar flags from :func:`row_checks` of every row (``[n]`` leaves).
 
     Traceable; meant to run inside the score's jitted program. Rows dropped by ``mask``
-    are ignored, as by :func:`check_values`.
+    are ignored, as by the detailed checks.
     """
     valid = jnp.ones(labels.shape, bool) if mask is None else mask
     in_range = (labels >= 0) & (labels < num_target_classes)
@@ -254,33 +254,6 @@ def _value_stats(values, labels, mask, probabilities: bool):
     return stats
 
 
-def check_values(
-    name: str,
-    values: ArrayLike,
-    labels: ArrayLike,
-    num_target_classes: int,
-    mask: ArrayLike | None,
-    *,
-    probabilities: bool,
-) -> None:
-    """Raises ValueError for NaN/Inf, labels out of range and invalid probability rows.
-
-    Runs one fused jitted sweep on device (block by block on CPU) and fetches a handful
-    of flags; only if one is raised does a second program find the first bad row. The
-    scores themselves compute these flags inside their own sweeps instead.
-    """
-    if isinstance(labels, np.ndarray):
-        check_label_range(labels, num_target_classes, mask)
-    _check_values_fast(
-        name,
-        jnp.asarray(values),
-        jnp.asarray(labels),
-        num_target_classes,
-        None if mask is None else jnp.asarray(mask),
-        probabilities=probabilities,
-    )
-
-
 def _check_values_fast(name, values, labels, num_target_classes, mask, *, probabilities):
     """Both stages on device arrays, the host label check done."""
     flags = _value_flags(values, labels, mask, num_target_classes, probabilities)
@@ -340,7 +313,7 @@ def prepare(
     and pass them to :func:`raise_if_flagged` afterwards (:func:`score_with_checks`).
 
     Returns:
-      ``(values, labels, mask, num_target_classes, check_values)``: JAX arrays, a Python
+      ``(values, labels, mask, num_target_classes, check)``: JAX arrays, a Python
       int, and whether the value checks apply (``check`` and concrete inputs).
     """
     num_target_classes = check_num_classes(num_target_classes)
