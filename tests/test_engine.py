@@ -58,7 +58,12 @@ def _in_memory(logits, features, labels):
 
 def _assert_scores(got, want):
     for name, value in want.items():
-        np.testing.assert_allclose(got[name], value, rtol=2e-5, atol=1e-6, err_msg=name)
+        # H-score inverts a float32 covariance: a random SmallCNN's features have condition
+        # numbers near 7e3 here, and the streamed (first batch's mean) and in-memory (exact
+        # mean) shifts round differently. Measured on an AMD EPYC: 1.3e-5 and 1.1e-5 from
+        # the float64 value, on opposite sides (2.4e-5 apart).
+        rtol = 1e-4 if name == "h_score" else 2e-5
+        np.testing.assert_allclose(got[name], value, rtol=rtol, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("keep_predictions", [True, False])
