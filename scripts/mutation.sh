@@ -34,5 +34,11 @@ done
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$PWD/mutants/jax-cache}
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
-nice -n "${NICE:-19}" "$MUTMUT" run --max-children "${JOBS:-1}" "${globs[@]}" || true
+rc=0
+nice -n "${NICE:-19}" "$MUTMUT" run --max-children "${JOBS:-1}" "${globs[@]}" || rc=$?
+if [ "$rc" -ne 0 ]; then
+  # E.g. "failed to collect stats": a test of the selection fails on the unmutated code.
+  echo "mutmut run failed (exit $rc); run the tests of [tool.mutmut] under pytest to see why" >&2
+  exit 2
+fi
 "$PYTHON" scripts/mutation_summary.py "${globs[@]}"
