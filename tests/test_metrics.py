@@ -3,6 +3,7 @@ device reduction, jit, lax.scan and nnx.jit."""
 
 import doctest
 import importlib
+import inspect
 import re
 import subprocess
 import sys
@@ -343,6 +344,25 @@ FEATURE_METRICS = {
     "transrate": (metrics.transrate, leep_jax.transrate),
     "gbc": (metrics.gbc, leep_jax.gbc),
 }
+
+
+def test_feature_metric_factories_are_named_and_documented_as_their_accumulators():
+    # help(metrics.logme) is what a user reads: one builder makes all four factories.
+    papers = {
+        "logme": "LogME (You et al., ICML 2021)",
+        "regularized_h_score": "H-score with Ledoit-Wolf shrinkage (Ibrahim et al.",
+        "transrate": "TransRate (Huang et al., ICML 2022)",
+        "gbc": "GBC, spherical Gaussians (Pandy et al., CVPR 2022)",
+    }
+    for name, (factory, _) in FEATURE_METRICS.items():
+        assert factory.__name__ == factory.__qualname__ == name
+        doc = inspect.getdoc(factory)
+        assert doc.startswith(papers[name]), doc
+        assert f"Over :func:`leep_jax.streaming.{name}`." in doc
+        assert "shift: optional fixed ``[D]`` shift of every batch's features." in doc
+        assert list(inspect.signature(factory).parameters) == [
+            "num_target_classes", "feature_dim", "shift", "features", "labels", "mask"
+        ]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(FEATURE_METRICS))
