@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 import leep_jax
 from leep_jax import metrics, streaming
+from leep_jax.metrics import scores as metric_scores
 
 N, Z, Y, D = 64, 7, 5, 4  # the last target class never occurs in the labels
 RTOL = 2e-5
@@ -363,6 +364,26 @@ def test_feature_metric_factories_are_named_and_documented_as_their_accumulators
         assert list(inspect.signature(factory).parameters) == [
             "num_target_classes", "feature_dim", "shift", "features", "labels", "mask"
         ]  # fmt: skip
+
+
+def test_the_feature_metric_builder_makes_a_factory_over_any_shifted_accumulator():
+    # Called here, not only at import, so mutation testing maps this test to the builder.
+    factory = metric_scores._feature_metric(streaming.gbc, "MyGBC", "A summary.")
+    assert factory.__name__ == factory.__qualname__ == "gbc"
+    assert inspect.getdoc(factory).startswith(
+        "A summary.\n\nOver :func:`leep_jax.streaming.gbc`. Its state is sums of"
+    )
+    assert inspect.signature(factory) == inspect.signature(metrics.gbc)
+    data = make_problem(10)
+    shift = data["features"][:9].mean(0)
+    Metric = factory(Y, D, shift=shift, features="f", labels="y", mask="m")
+    metric = Metric.from_model_output(f=data["features"], y=data["labels"], m=data["mask"])
+    assert type(metric).__name__ == "MyGBC"
+    acc = streaming.gbc(Y, D, shift=shift)
+    sums = acc.update(acc.init(), data["features"], data["labels"], data["mask"])
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), metric.state, sums)
+    want = leep_jax.gbc(data["features"], data["labels"], Y, mask=data["mask"])
+    np.testing.assert_allclose(float(metric.compute()), float(want), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", sorted(FEATURE_METRICS))
