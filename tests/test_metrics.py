@@ -384,6 +384,9 @@ def test_the_feature_metric_builder_makes_a_factory_over_any_shifted_accumulator
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), metric.state, sums)
     want = leep_jax.gbc(data["features"], data["labels"], Y, mask=data["mask"])
     np.testing.assert_allclose(float(metric.compute()), float(want), rtol=1e-4, atol=1e-5)
+    # The default output names: features, labels and mask (which drops rows here).
+    default = factory(Y, D, shift=shift).from_model_output(**data)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), default.state, sums)
 
 
 @pytest.mark.parametrize("name", sorted(FEATURE_METRICS))
