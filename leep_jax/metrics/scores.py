@@ -34,6 +34,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
 from leep_jax import streaming
@@ -168,7 +170,9 @@ def h_score(
     )
 
 
-def _feature_metric(accumulator, name: str, summary: str):
+def _feature_metric(
+    accumulator: Callable[..., streaming.Accumulator], name: str, summary: str
+) -> Callable[..., type[AccumulatorMetric]]:
     """A metric factory over a one-pass feature accumulator that takes a fixed ``shift``.
 
     Args:
