@@ -17,7 +17,9 @@ import re
 import sys
 from collections import Counter
 
-RECORDS = pathlib.Path("benchmarks/results/mutation")
+from mutation_summary import EQUIVALENT, read_equivalent
+
+RECORDS = EQUIVALENT.parent
 # Written before the session-numbered files (sessions 7-9).
 EARLY = ["accumulators", "gbc", "parc", "sfda", "scores-leep-nce-joint"]
 
@@ -52,11 +54,7 @@ def main(tree: pathlib.Path) -> int:
         for name in json.loads(meta.read_text())["exit_code_by_key"]
     ]
     latest = _records()
-    equivalent = {
-        line.split()[0]
-        for line in (RECORDS / "equivalent.txt").read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    }
+    equivalent = read_equivalent()
     counts, left = Counter(), []
     for name in names:
         verdict = _verdict(latest[name]) if name in latest else "no record"
@@ -66,7 +64,8 @@ def main(tree: pathlib.Path) -> int:
         if verdict not in ("killed", "equivalent"):
             left.append(f"{verdict}: {name}")
     print(f"{len(names)} mutants: " + ", ".join(f"{n} {v}" for v, n in counts.most_common()))
-    print("\n".join(left))
+    for line in left:
+        print(line)
     return 1 if left else 0
 
 

@@ -17,7 +17,8 @@ KILLED = {1, 3}
 EQUIVALENT = pathlib.Path("benchmarks/results/mutation/equivalent.txt")
 
 
-def _equivalent() -> dict[str, str]:
+def read_equivalent() -> dict[str, str]:
+    """The listed equivalent mutants, name -> reason."""
     out = {}
     if EQUIVALENT.exists():
         for line in EQUIVALENT.read_text().splitlines():
@@ -28,7 +29,7 @@ def _equivalent() -> dict[str, str]:
 
 
 def main(globs: list[str]) -> int:
-    equivalent = _equivalent()
+    equivalent = read_equivalent()
     rows, left = [], []
     for meta in sorted(pathlib.Path("mutants").rglob("*.py.meta")):
         codes = json.loads(meta.read_text())["exit_code_by_key"]
